@@ -1,0 +1,307 @@
+"""The bus's one strict JSON codec and its one cattrs converter.
+
+orjson parses and encodes (measured faster than msgspec at encoding, equal at decoding; see
+docs/performance.md). It is strict about NaN, BOM, lone surrogates, trailing data and nesting
+deeper than 1024, but turns integers past 64 bits into floats: `loads` catches those with a cheap
+digit-run check and re-parses only such documents exactly, to name the field. Duplicate keys: the
+last one wins (documented in docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import cattrs
+import orjson
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+
+from ipt_bus.errors import ErrorCode, LimitExceeded, ProtocolError
+from ipt_bus.frames import CLIENT_ACTIONS, ClientFrame, Publish, RequestId
+from ipt_bus.model import Event
+from ipt_bus.topics import validate_topic
+
+MAX_TYPE_CHARS: Final = 128
+MAX_LABEL_CHARS: Final = 256  # source, correlation_id
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+_LONG_DIGITS: Final = re.compile(rb"\d{19}")
+_EVENT_FIELDS: Final = frozenset(
+    {"type", "topic", "payload", "timestamp", "source", "correlation_id", "id", "seq"}
+)
+
+
+def loads(raw: bytes | str, field: str | None = None) -> Any:
+    """Parse one JSON document strictly; `ProtocolError(invalid_json)` on anything else."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"malformed JSON: {exc}", field) from None
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _LONG_DIGITS.search(data) is not None:
+        _check_integers(json.loads(data), field or "$")
+    return value
+
+
+def _check_integers(value: Any, path: str) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "integer does not fit in 64 bits", _field_name(path)
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_integers(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_integers(v, f"{path}[{i}]")
+
+
+def _field_name(path: str) -> str:
+    return path[2:] if path.startswith("$.") else path
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z)
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def decode_event(obj: Any, field: str = "", *, max_bytes: int | None = None) -> Event:
+    """Validate a publisher's event object into an `Event` (DESIGN §2).
+
+    `id` and `seq` are ignored (the bus sets them); other unknown keys are rejected. When
+    `max_bytes` is given the encoded event is measured against it. Errors name the field,
+    prefixed with `field` (e.g. ``events[3].topic``).
+    """
+    prefix = f"{field}." if field else ""
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_FRAME, "an event must be a JSON object", field or None)
+    extra = obj.keys() - _EVENT_FIELDS
+    if extra:
+        name = sorted(extra)[0]
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_FIELD,
+            f"unknown event field {name!r}; allowed: type, topic, payload, timestamp, source, "
+            "correlation_id",
+            prefix + name,
+        )
+    type_ = obj.get("type")
+    if type_ is None:
+        raise ProtocolError(ErrorCode.MISSING_FIELD, "event needs a 'type'", prefix + "type")
+    if not isinstance(type_, str) or not 1 <= len(type_) <= MAX_TYPE_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"'type' must be a string of 1 to {MAX_TYPE_CHARS} characters",
+            prefix + "type",
+        )
+    topic = obj.get("topic")
+    if topic is None:
+        raise ProtocolError(ErrorCode.MISSING_FIELD, "event needs a 'topic'", prefix + "topic")
+    validate_topic(topic, prefix + "topic")
+    if "payload" not in obj:
+        raise ProtocolError(
+            ErrorCode.MISSING_FIELD, "event needs a 'payload' object (may be {})", prefix + "payload"
+        )
+    payload = obj["payload"]
+    if not isinstance(payload, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD, "'payload' must be a JSON object", prefix + "payload"
+        )
+    timestamp = _timestamp(obj.get("timestamp"), prefix + "timestamp")
+    source = _label(obj.get("source"), prefix + "source")
+    correlation_id = _label(obj.get("correlation_id"), prefix + "correlation_id")
+    event = Event(
+        type=type_,
+        topic=topic,
+        payload=payload,
+        timestamp=timestamp,
+        source=source,
+        correlation_id=correlation_id,
+    )
+    if max_bytes is not None and len(encode_event(event)) > max_bytes:
+        raise LimitExceeded(
+            f"event is larger than the limit of {max_bytes} bytes (max_event_bytes)",
+            field or None,
+            too_large=True,
+        )
+    return event
+
+
+def _timestamp(value: Any, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "'timestamp' must be an ISO-8601 string", field)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"'timestamp' is not ISO-8601: {value[:64]!r} (e.g. 2025-09-23T12:00:00Z)",
+            field,
+        ) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _label(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_LABEL_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"must be a string of at most {MAX_LABEL_CHARS} characters",
+            field,
+        )
+    return value
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """The JSON object for `event`; unset optional fields are left out."""
+    out: dict[str, Any] = {"type": event.type, "topic": event.topic, "payload": event.payload}
+    if event.timestamp is not None:
+        out["timestamp"] = event.timestamp
+    if event.source is not None:
+        out["source"] = event.source
+    if event.correlation_id is not None:
+        out["correlation_id"] = event.correlation_id
+    if event.id is not None:
+        out["id"] = event.id
+    if event.seq is not None:
+        out["seq"] = event.seq
+    return out
+
+
+def encode_event(event: Event) -> bytes:
+    return dumps(event_to_wire(event))
+
+
+def event_from_json(obj: Any) -> Event:
+    """Read an event the bus sent (with `id`/`seq`), e.g. in a client."""
+    event = decode_event({k: v for k, v in obj.items() if k not in ("id", "seq")})
+    return Event(
+        type=event.type,
+        topic=event.topic,
+        payload=event.payload,
+        timestamp=event.timestamp,
+        source=event.source,
+        correlation_id=event.correlation_id,
+        id=obj.get("id"),
+        seq=obj.get("seq"),
+    )
+
+
+# --- control frames ------------------------------------------------------------------------
+
+
+def _strict(kind: type, name: str) -> Any:
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"expected {name}")
+        return value
+
+    return hook
+
+
+def _str_list(value: Any, _: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return value
+
+
+def _request_id(value: Any, _: Any) -> RequestId:
+    if value is None or isinstance(value, str) or (
+        isinstance(value, int) and not isinstance(value, bool)
+    ):
+        return value  # type: ignore[no-any-return]  # narrowed by the isinstance checks
+    raise TypeError("expected a string or an integer")
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(bool, _strict(bool, "true or false"))
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(list[str], _str_list)
+    conv.register_structure_hook(RequestId, _request_id)
+    conv.register_structure_hook(bool | None, lambda v, _: None if v is None else _strict(bool, "true or false")(v, _))
+    conv.register_structure_hook(dict[str, Any] | None, lambda v, _: _optional(v, dict, "an object"))
+    conv.register_structure_hook(list[Any] | None, lambda v, _: _optional(v, list, "a list"))
+    return conv
+
+
+def _optional(value: Any, kind: type, name: str) -> Any:
+    if value is None or isinstance(value, kind):
+        return value
+    raise TypeError(f"expected {name}")
+
+
+converter: Final = _make_converter()
+
+
+def _translate(exc: Exception) -> ProtocolError:
+    """Turn a cattrs validation error into a `ProtocolError` naming the first bad field."""
+    if isinstance(exc, ClassValidationError):
+        for sub in exc.exceptions:
+            notes = getattr(sub, "__notes__", [])
+            name = next(
+                (n.name for n in notes if hasattr(n, "name")),
+                None,
+            )
+            if isinstance(sub, ForbiddenExtraKeysError):
+                field = sorted(sub.extra_fields)[0]
+                return ProtocolError(ErrorCode.UNKNOWN_FIELD, f"unknown field {field!r}", field)
+            if isinstance(sub, KeyError):
+                return ProtocolError(ErrorCode.MISSING_FIELD, f"missing field {name!r}", name)
+            return ProtocolError(ErrorCode.INVALID_FIELD, f"{name!r}: {sub}", name)
+    return ProtocolError(ErrorCode.INVALID_FRAME, str(exc))
+
+
+def decode_client_frame(raw: str | bytes) -> ClientFrame:
+    """Parse a client's text frame into an action.
+
+    A JSON object without ``action`` is an event to publish (DESIGN §3: a frame without an
+    action is an event, in both directions).
+    """
+    obj = loads(raw)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_FRAME, "a frame must be a JSON object")
+    if "action" not in obj:
+        return Publish(event=obj)
+    action = obj.pop("action")
+    cls = CLIENT_ACTIONS.get(action) if isinstance(action, str) else None
+    if cls is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_ACTION,
+            f"unknown action {action!r}; expected one of: {', '.join(CLIENT_ACTIONS)}",
+            "action",
+        )
+    try:
+        frame: ClientFrame = converter.structure(obj, cls)
+    except (ClassValidationError, ForbiddenExtraKeysError) as exc:
+        raise _translate(exc) from None
+    if isinstance(frame, Publish) and (frame.event is None) == (frame.events is None):
+        raise ProtocolError(
+            ErrorCode.MISSING_FIELD,
+            "publish needs either 'event' (one object) or 'events' (a list)",
+            "event",
+        )
+    return frame
+
+
+def request_id_of(raw: str | bytes) -> RequestId:
+    """Best-effort `id` of a frame that failed to decode, so its error can echo it."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(rid, str | int) and not isinstance(rid, bool) and "action" in obj:
+            return rid
+    return None

@@ -1,0 +1,90 @@
+"""`BusConfig`: every limit and timeout, with its unit in its name (docs/configuration.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import attrs
+
+MiB: Final = 1024 * 1024
+DEFAULT_PORT: Final = 8765
+
+Storage = Literal["memory"]
+
+
+@attrs.frozen
+class BusConfig:
+    """Settings of one bus node. Frozen: build a new one with `attrs.evolve`."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    storage: Storage = "memory"
+    buffer_size: int = 10_000  # events the in-memory log keeps
+    node_name: str = "ipt-bus"
+
+    max_event_bytes: int = 1 * MiB
+    max_message_bytes: int = 1 * MiB + 256 * 1024  # one WS message: event plus envelope slack
+    max_batch_events: int = 1_000  # events in one publish batch (WS or REST array)
+    max_body_bytes: int = 16 * MiB  # REST request body (arrays)
+    max_subscriptions: int = 128  # patterns per connection
+
+    outbox_events: int = 1_000  # per-connection queue of undelivered events
+    outbox_bytes: int = 4 * MiB
+    reply_queue_frames: int = 64  # acks/errors waiting for a connection's writer
+    slow_consumer_seconds: float = 10.0  # outbox full this long -> close 4008
+    batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
+
+    router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)
+    publish_timeout_seconds: float = 5.0  # REST 503 / WS `overloaded` past this
+    default_query_limit: int = 100
+    max_query_limit: int = 1_000
+    shutdown_grace_seconds: float = 5.0
+    gc_threshold: tuple[int, int, int] | None = (50_000, 50, 100)
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "buffer_size",
+            "max_event_bytes",
+            "max_message_bytes",
+            "max_batch_events",
+            "max_body_bytes",
+            "max_subscriptions",
+            "outbox_events",
+            "outbox_bytes",
+            "reply_queue_frames",
+            "router_inbox",
+            "max_query_limit",
+            "default_query_limit",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be between 0 and 65535")
+        if self.storage != "memory":
+            raise ValueError(f"unknown storage {self.storage!r}; this build has: memory")
+
+    def limits(self) -> dict[str, int]:
+        """The limits a client is told in the `welcome` frame."""
+        return {
+            "max_event_bytes": self.max_event_bytes,
+            "max_message_bytes": self.max_message_bytes,
+            "max_batch_events": self.max_batch_events,
+            "max_subscriptions": self.max_subscriptions,
+            "outbox_events": self.outbox_events,
+        }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> BusConfig:
+        """Read ``IPT_BUS_HOST``, ``IPT_BUS_PORT``, ``IPT_BUS_BUFFER_SIZE``; `overrides` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if "IPT_BUS_HOST" in env:
+            values["host"] = env["IPT_BUS_HOST"]
+        if "IPT_BUS_PORT" in env:
+            values["port"] = int(env["IPT_BUS_PORT"])
+        if "IPT_BUS_BUFFER_SIZE" in env:
+            values["buffer_size"] = int(env["IPT_BUS_BUFFER_SIZE"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]  # keys are checked by attrs at runtime

@@ -1,0 +1,140 @@
+"""Every error ipt_bus raises or sends, and the one table of close codes.
+
+Exception tree::
+
+    BusError
+    ├── ProtocolError          bad input: has a wire `code`, a `message`, and the `field` at fault
+    │   └── LimitExceeded      input over a configured limit (the message names the limit)
+    ├── Overloaded             the bus could not take the work before the deadline
+    ├── BusClosed              we closed it (shutdown); retrying elsewhere may help
+    ├── BusBroken              a peer or the storage broke it
+    │   └── StorageError
+    └── CursorExpired          a resume point the log no longer covers
+
+Wire codes are the `code` of error frames and REST error bodies; `docs/protocol.md` lists them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes of `error` frames and REST error bodies."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_FRAME = "invalid_frame"
+    INVALID_FIELD = "invalid_field"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_TOPIC = "invalid_topic"
+    INVALID_PATTERN = "invalid_pattern"
+    UNKNOWN_ACTION = "unknown_action"
+    UNSUPPORTED_FRAME = "unsupported_frame"
+    TOO_LARGE = "too_large"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    INVALID_QUERY = "invalid_query"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal_error"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (DESIGN §3); RFC 6455 ones plus 4008."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutdown
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    INVALID_PAYLOAD = 1007  # invalid UTF-8
+    POLICY_VIOLATION = 1008  # origin, auth
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SLOW_CONSUMER = 4008
+
+
+class BusError(Exception):
+    """Base of every ipt_bus error."""
+
+
+class ProtocolError(BusError):
+    """Input that breaks the protocol or the event schema.
+
+    Sent back as an error frame / 4xx body; never closes the connection.
+    """
+
+    code: ErrorCode
+    message: str
+    field: str | None
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def to_wire(self) -> dict[str, str]:
+        body = {"code": str(self.code), "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!s}, {self.message!r}, field={self.field!r})"
+
+
+class LimitExceeded(ProtocolError):
+    """Input over a configured limit; `message` names the limit and its value."""
+
+    def __init__(self, message: str, field: str | None = None, *, too_large: bool = False) -> None:
+        code = ErrorCode.TOO_LARGE if too_large else ErrorCode.LIMIT_EXCEEDED
+        super().__init__(code, message, field)
+
+
+class Overloaded(BusError):
+    """The bus did not take the work before the deadline; retry after `retry_after_seconds`."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class BusClosed(BusError):
+    """The bus is shutting down or closed."""
+
+
+class BusBroken(BusError):
+    """A peer or the storage broke the operation."""
+
+
+class StorageError(BusBroken):
+    """The event log failed."""
+
+
+class CursorExpired(BusError):
+    """A resume `seq` that retention no longer covers."""
+
+    def __init__(self, since: int, oldest: int) -> None:
+        super().__init__(f"seq {since} is older than the oldest retained event {oldest}")
+        self.since = since
+        self.oldest = oldest
+
+
+HTTP_STATUS: Final[dict[ErrorCode, int]] = {
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def http_status(code: ErrorCode) -> int:
+    """The HTTP status a REST error with `code` is answered with (400 unless listed)."""
+    return HTTP_STATUS.get(code, 400)
