@@ -227,11 +227,15 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(bool, _strict(bool, "true or false"))
     conv.register_structure_hook(int, _strict(int, "an integer"))
-    conv.register_structure_hook(list[str], _str_list)
-    conv.register_structure_hook(RequestId, _request_id)
-    conv.register_structure_hook(bool | None, lambda v, _: None if v is None else _strict(bool, "true or false")(v, _))
-    conv.register_structure_hook(dict[str, Any] | None, lambda v, _: _optional(v, dict, "an object"))
-    conv.register_structure_hook(list[Any] | None, lambda v, _: _optional(v, list, "a list"))
+    exact = {
+        list[str]: _str_list,
+        RequestId: _request_id,
+        bool | None: lambda v, _: _optional(v, bool, "true or false"),
+        dict[str, Any] | None: lambda v, _: _optional(v, dict, "an object"),
+        list[Any] | None: lambda v, _: _optional(v, list, "a list"),
+    }
+    for kind, hook in exact.items():
+        conv.register_structure_hook_func(lambda t, kind=kind: t == kind, hook)
     return conv
 
 

@@ -1,0 +1,63 @@
+"""The `ipt-bus` command. Exit codes: 0 clean stop, 1 the bus failed, 2 bad arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ipt_bus.bus import __version__
+from ipt_bus.config import DEFAULT_PORT, BusConfig
+from ipt_bus.server import Server, serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipt-bus", description="ipt_bus event bus")
+    parser.add_argument("--version", action="version", version=f"ipt-bus {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("serve", help="run the bus (REST and WebSocket on one port)")
+    s.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
+    s.add_argument(
+        "--storage", choices=["memory"], default=None, help="event log backend (default memory)"
+    )
+    s.add_argument(
+        "--buffer-size", type=int, default=None, help="events the memory log keeps (10000)"
+    )
+    s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = BusConfig.from_env(
+            host=args.host, port=args.port, storage=args.storage, buffer_size=args.buffer_size
+        )
+    except (ValueError, TypeError) as exc:
+        print(f"ipt-bus: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        print(f"ipt-bus: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(config: BusConfig) -> None:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(lambda **kw: serve(config, handle_signals=True, **kw))
+        logging.getLogger("ipt_bus").info(
+            "ipt-bus %s listening on %s (WebSocket %s)", __version__, server.url, server.ws_url
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""One actor per WebSocket connection: the failure boundary between a client and the bus.
+
+A reader task turns frames into router requests and queues their replies; a writer task sends
+the welcome, any resumed history, then whatever the outbox holds. A bug in either closes only
+this connection (1011, logged, counted). Neither reaches the socket of another connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+import attrs
+import trio
+
+from ipt_bus import codec
+from ipt_bus.bus import BusHandle
+from ipt_bus.errors import (
+    BusClosed,
+    CloseCode,
+    ErrorCode,
+    LimitExceeded,
+    Overloaded,
+    ProtocolError,
+    StorageError,
+)
+from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
+from ipt_bus.outbox import Outbox
+from ipt_bus.stats import Closed, Latency, Opened
+from ipt_bus.topics import validate_pattern
+
+log = logging.getLogger("ipt_bus.connection")
+
+REPLAY_PAGE_EVENTS: Final = 1_000
+LATENCY_SAMPLE_SECONDS: Final = 0.05
+CLOSE_WRITE_SECONDS: Final = 2.0
+
+
+class Disconnected(Exception):
+    """The peer went away; `code` is what it sent (1005/1006 when it sent none)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class WebSocketLike(Protocol):
+    """The little a connection needs of a socket (ASGI in production, fakes in tests)."""
+
+    async def receive(self) -> str | bytes:
+        """The next message. Raises `Disconnected`."""
+
+    async def send(self, text: str) -> None:
+        """Send one text message. Raises `Disconnected`."""
+
+    async def close(self, code: int) -> None: ...
+
+
+@attrs.frozen
+class ConnectParams:
+    patterns: Sequence[str] = ("**",)
+    since: int | None = None
+    epoch: str | None = None
+    batch: bool = False
+
+
+@attrs.define
+class Connection:
+    _ws: WebSocketLike
+    _bus: BusHandle
+    _params: ConnectParams
+    conn_id: int = attrs.field(init=False)
+    _outbox: Outbox = attrs.field(init=False)
+    _batch: bool = attrs.field(init=False)
+    _last_sample: float = -1.0
+    close_code: int = int(CloseCode.GOING_AWAY)
+
+    def __attrs_post_init__(self) -> None:
+        cfg = self._bus.config
+        self.conn_id = self._bus.next_conn_id()
+        self._batch = self._params.batch
+        self._outbox = Outbox(
+            max_events=cfg.outbox_events,
+            max_bytes=cfg.outbox_bytes,
+            max_replies=cfg.reply_queue_frames,
+            slow_consumer_seconds=cfg.slow_consumer_seconds,
+        )
+
+    async def run(self) -> int:
+        """Serve the connection until either side closes it; returns the close code.
+
+        Never raises except `trio.Cancelled`: errors become a 1011 close.
+        """
+        bus = self._bus
+        bus.stats.record(Opened(self.conn_id))
+        peer_gone = False
+        try:
+            last = await bus.router.attach(self.conn_id, self._outbox, self._params.patterns)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer, last)
+                nursery.start_soon(self._watch_shutdown)
+                self.close_code = await self._outbox.wait_closed()
+                nursery.cancel_scope.cancel()
+            peer_gone = self.close_code < 0
+        except BusClosed:
+            self.close_code = int(CloseCode.GOING_AWAY)
+        except Exception:
+            log.exception("connection %d failed; closing it with 1011", self.conn_id)
+            self.close_code = int(CloseCode.INTERNAL_ERROR)
+        finally:
+            await bus.router.detach(self.conn_id)
+        if peer_gone:
+            self.close_code = -self.close_code
+        else:
+            with trio.move_on_after(CLOSE_WRITE_SECONDS):
+                try:
+                    await self._ws.close(self.close_code)
+                except Disconnected:
+                    pass
+        bus.stats.record(Closed(self.conn_id, self.close_code))
+        return self.close_code
+
+    async def _watch_shutdown(self) -> None:
+        await self._bus.shutting_down.wait()
+        self._outbox.close(int(CloseCode.GOING_AWAY))
+
+    # --- reading ---
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                message = await self._ws.receive()
+                await self._handle_message(message)
+        except Disconnected as exc:
+            self._outbox.close(-exc.code)  # negative: the peer closed, nothing to send
+
+    async def _handle_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            await self._error(
+                None,
+                ProtocolError(
+                    ErrorCode.UNSUPPORTED_FRAME,
+                    "binary frames are not supported; send JSON as text frames",
+                ),
+            )
+            return
+        limit = self._bus.config.max_message_bytes
+        if len(message) * 4 > limit and len(message.encode("utf-8", "surrogatepass")) > limit:
+            await self._error(
+                codec.request_id_of(message[:4096]),
+                LimitExceeded(
+                    f"message is larger than {limit} bytes (max_message_bytes)", too_large=True
+                ),
+            )
+            return
+        try:
+            frame = codec.decode_client_frame(message)
+        except ProtocolError as exc:
+            await self._error(codec.request_id_of(message), exc)
+            return
+        await self._dispatch(frame)
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        try:
+            match frame:
+                case Publish():
+                    await self._publish(frame)
+                case Subscribe():
+                    await self._subscribe(frame.id, frame.topics, subscribe=True)
+                    if frame.batch is not None:
+                        self._batch = frame.batch
+                case Unsubscribe():
+                    await self._subscribe(frame.id, frame.topics, subscribe=False)
+                case Ping():
+                    await self._reply({"action": "pong", "id": frame.id})
+        except ProtocolError as exc:
+            await self._error(frame.id, exc)
+        except Overloaded as exc:
+            await self._error(frame.id, ProtocolError(ErrorCode.OVERLOADED, str(exc)))
+        except StorageError as exc:
+            await self._error(frame.id, ProtocolError(ErrorCode.INTERNAL, f"storage: {exc}"))
+        except BusClosed as exc:
+            await self._error(frame.id, ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc)))
+
+    async def _publish(self, frame: Publish) -> None:
+        cfg = self._bus.config
+        if frame.event is not None:
+            events = [codec.decode_event(frame.event, "event", max_bytes=cfg.max_event_bytes)]
+        else:
+            assert frame.events is not None
+            if not frame.events:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "'events' is empty", "events")
+            if len(frame.events) > cfg.max_batch_events:
+                raise LimitExceeded(
+                    f"more than {cfg.max_batch_events} events in one publish (max_batch_events)",
+                    "events",
+                )
+            events = [
+                codec.decode_event(e, f"events[{i}]", max_bytes=cfg.max_event_bytes)
+                for i, e in enumerate(frame.events)
+            ]
+        published = await self._bus.router.publish(events, timeout=cfg.publish_timeout_seconds)
+        if not frame.ack:
+            return
+        reply: dict[str, Any] = {"action": "published", "id": frame.id}
+        if frame.event is not None:
+            reply["event"] = {"id": published[0].id, "seq": published[0].seq}
+        else:
+            reply["events"] = [{"id": p.id, "seq": p.seq} for p in published]
+        await self._reply(reply)
+
+    async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
+        if not topics:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "'topics' is empty", "topics")
+        patterns = [validate_pattern(t, "topics") for t in topics]
+        held = await self._bus.router.subscribe(self.conn_id, patterns, subscribe=subscribe)
+        await self._reply(
+            {
+                "action": "subscribed" if subscribe else "unsubscribed",
+                "id": rid,
+                "topics": sorted(held),
+            }
+        )
+
+    async def _reply(self, frame: dict[str, Any]) -> None:
+        if frame.get("id") is None:
+            frame.pop("id", None)
+        await self._outbox.reply(codec.dumps(frame).decode())
+
+    async def _error(self, rid: RequestId, exc: ProtocolError) -> None:
+        await self._reply({"action": "error", "id": rid, "error": exc.to_wire()})
+
+    # --- writing ---
+
+    async def _writer(self, attached_at: int) -> None:
+        try:
+            await self._ws.send(codec.dumps(self._bus.welcome()).decode())
+            if self._params.since is not None:
+                await self._replay(self._params.since, attached_at)
+            while True:
+                taken = await self._outbox.take()
+                frames = taken.replies + taken.events
+                if not frames:
+                    return  # closed
+                await self._send_frames(frames)
+                if taken.oldest_accepted_at is not None:
+                    now = trio.current_time()
+                    if now - self._last_sample >= LATENCY_SAMPLE_SECONDS:
+                        self._last_sample = now
+                        self._bus.stats.record(Latency(now - taken.oldest_accepted_at))
+        except Disconnected as exc:
+            self._outbox.close(-exc.code)
+
+    async def _send_frames(self, frames: list[str]) -> None:
+        if not self._batch or len(frames) == 1:
+            for frame in frames:
+                await self._ws.send(frame)
+            return
+        limit = self._bus.config.batch_frame_bytes
+        chunk: list[str] = []
+        size = 0
+        for frame in frames:
+            if chunk and size + len(frame) > limit:
+                await self._ws.send("\n".join(chunk))
+                chunk, size = [], 0
+            chunk.append(frame)
+            size += len(frame) + 1
+        await self._ws.send("\n".join(chunk))
+
+    async def _replay(self, since: int, attached_at: int) -> None:
+        """Send retained events after `since` up to the attach point; live ones follow."""
+        event_log = self._bus.log
+        epoch = self._params.epoch
+        if (epoch is not None and epoch != event_log.epoch) or since > attached_at:
+            await self._send_frames(
+                [
+                    codec.dumps(
+                        {
+                            "action": "gap",
+                            "reason": "epoch",
+                            "from_seq": since + 1,
+                            "to_seq": None,
+                            "epoch": event_log.epoch,
+                        }
+                    ).decode()
+                ]
+            )
+            since = 0
+        first = event_log.first_seq
+        if since < first - 1:
+            await self._send_frames(
+                [
+                    codec.dumps(
+                        {
+                            "action": "gap",
+                            "reason": "retention",
+                            "from_seq": since + 1,
+                            "to_seq": first - 1,
+                        }
+                    ).decode()
+                ]
+            )
+            since = first - 1
+        patterns = list(self._params.patterns)
+        while since < attached_at:
+            page = await event_log.read_after(since, patterns, REPLAY_PAGE_EVENTS)
+            frames = [r.data for r in page if r.seq <= attached_at]
+            if frames:
+                await self._send_frames(frames)
+            if len(frames) < REPLAY_PAGE_EVENTS:
+                return
+            since = page[-1].seq

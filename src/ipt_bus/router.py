@@ -1,0 +1,330 @@
+"""The router actor: sole owner of the subscription index, the outboxes and the log's writes.
+
+Theory of operation: commands are handled strictly in arrival order. Consecutive `Publish`
+commands waiting in the inbox are drained and handed to the log as one `append` (group commit
+for durable logs); only once the log has them are they acknowledged and fanned out, so no
+subscriber ever sees a `seq` that could vanish. Fan-out is sync: each event was encoded once by
+the log, its topic is looked up in a per-topic cache of target outboxes (rebuilt lazily after any
+subscription change), and each target gets `Outbox.offer`, which never waits. The router never
+awaits a subscriber; only the log append awaits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from collections.abc import Callable
+from typing import Any, TypeVar, assert_never, final
+
+import attrs
+import trio
+
+from ipt_bus.errors import BusClosed, LimitExceeded, Overloaded, StorageError
+from ipt_bus.model import Event, Published
+from ipt_bus.outbox import Outbox
+from ipt_bus.stats import Accepted, Dropped, StatsHandle
+from ipt_bus.storage.base import EventLog, Record
+from ipt_bus.topics import TopicIndex
+
+ConnId = int
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Publish:
+    events: Sequence[Event]
+    accepted_at: float
+    reply: trio.MemorySendChannel[list[Published] | Exception]
+
+
+@attrs.frozen
+class Attach:
+    conn_id: ConnId
+    outbox: Outbox
+    patterns: Sequence[str]
+    reply: trio.MemorySendChannel[int | Exception]
+
+
+@attrs.frozen
+class Subscribe:
+    conn_id: ConnId
+    patterns: Sequence[str]
+    subscribe: bool  # False: unsubscribe
+    reply: trio.MemorySendChannel[frozenset[str] | Exception]
+
+
+@attrs.frozen
+class Detach:
+    conn_id: ConnId
+
+
+RouterCommand = Publish | Attach | Subscribe | Detach
+
+MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
+
+
+@attrs.define
+class Router:
+    _log: EventLog
+    _stats: StatsHandle
+    _max_subscriptions: int
+    _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
+    _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
+    _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
+
+    async def run(
+        self,
+        inbox: trio.MemoryReceiveChannel[RouterCommand],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with inbox:
+            task_status.started()
+            pending: RouterCommand | None = None
+            while True:
+                if pending is None:
+                    try:
+                        command = await inbox.receive()
+                    except trio.EndOfChannel:
+                        break
+                else:
+                    command, pending = pending, None
+                match command:
+                    case Publish():
+                        pending = await self._publish_batch(command, inbox)
+                    case Attach():
+                        self._on_attach(command)
+                    case Subscribe():
+                        self._on_subscribe(command)
+                    case Detach():
+                        self._on_detach(command)
+                    case _:
+                        assert_never(command)
+
+    async def _publish_batch(
+        self, first: Publish, inbox: trio.MemoryReceiveChannel[RouterCommand]
+    ) -> RouterCommand | None:
+        """Append `first` and every `Publish` waiting behind it; return the next other command."""
+        batch = [first]
+        count = len(first.events)
+        following: RouterCommand | None = None
+        while count < MAX_DRAIN_EVENTS:
+            try:
+                command = inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if not isinstance(command, Publish):
+                following = command
+                break
+            batch.append(command)
+            count += len(command.events)
+        events = [e for p in batch for e in p.events]
+        try:
+            records = await self._log.append(events)
+        except StorageError as exc:
+            for p in batch:
+                _answer(p.reply, exc)
+            return following
+        offset = 0
+        for p in batch:
+            n = len(p.events)
+            mine = records[offset : offset + n]
+            offset += n
+            _answer(p.reply, [Published(r.event.id or "", r.seq) for r in mine])
+        self._fan_out(records, batch)
+        return following
+
+    def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:
+        per_topic: Counter[str] = Counter()
+        dropped = 0
+        index = 0
+        for p in batch:
+            accepted_at = p.accepted_at
+            for _ in p.events:
+                record = records[index]
+                index += 1
+                topic = record.event.topic
+                per_topic[topic] += 1
+                targets = self._targets.get(topic)
+                if targets is None:
+                    targets = tuple(self._outboxes[c] for c in self._index.lookup(topic))
+                    self._targets[topic] = targets
+                data = record.data
+                seq = record.seq
+                for outbox in targets:
+                    if not outbox.offer(data, seq, accepted_at):
+                        dropped += 1
+        self._stats.record(Accepted(len(records), dict(per_topic), time.time()))
+        if dropped:
+            self._stats.record(Dropped("slow_consumer", dropped))
+
+    def _on_attach(self, command: Attach) -> None:
+        self._outboxes[command.conn_id] = command.outbox
+        try:
+            self._add(command.conn_id, command.patterns)
+        except LimitExceeded as exc:
+            del self._outboxes[command.conn_id]
+            _answer(command.reply, exc)
+            return
+        _answer(command.reply, self._log.last_seq)
+
+    def _add(self, conn_id: ConnId, patterns: Sequence[str]) -> None:
+        new = set(patterns) - self._index.patterns(conn_id)
+        if self._index.count(conn_id) + len(new) > self._max_subscriptions:
+            raise LimitExceeded(
+                f"more than {self._max_subscriptions} subscriptions on one connection "
+                "(max_subscriptions)",
+                "topics",
+            )
+        for pattern in new:
+            self._index.add(conn_id, pattern)
+        self._targets.clear()
+
+    def _on_subscribe(self, command: Subscribe) -> None:
+        if command.conn_id not in self._outboxes:
+            _answer(command.reply, BusClosed("connection is not attached"))
+            return
+        if command.subscribe:
+            try:
+                self._add(command.conn_id, command.patterns)
+            except LimitExceeded as exc:
+                _answer(command.reply, exc)
+                return
+        else:
+            for pattern in command.patterns:
+                self._index.remove(command.conn_id, pattern)
+            self._targets.clear()
+        _answer(command.reply, self._index.patterns(command.conn_id))
+
+    def _on_detach(self, command: Detach) -> None:
+        if self._outboxes.pop(command.conn_id, None) is not None:
+            self._index.remove_key(command.conn_id)
+            self._targets.clear()
+
+    def statistics(self) -> RouterStatistics:
+        return RouterStatistics(connections=len(self._outboxes))
+
+
+@attrs.frozen
+class RouterStatistics:
+    connections: int
+
+
+def _answer(reply: trio.MemorySendChannel[T], value: T) -> None:
+    """Answer a request; a requester that gave up (closed its end) is not an error."""
+    try:
+        reply.send_nowait(value)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+        pass
+
+
+@final
+@attrs.frozen
+class RouterHandle:
+    """How connections and REST routes talk to the router. Built only by `start_router`."""
+
+    _send: trio.MemorySendChannel[RouterCommand]
+    _router: Router
+
+    async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:
+        """Append `events` to the log and fan them out; returns where each went, in order.
+
+        Waits while the bus is saturated (backpressure).
+
+        Raises:
+            Overloaded: the router did not take and log them within `timeout` seconds.
+            BusClosed: the bus is shutting down.
+            StorageError: the log failed; nothing was acknowledged.
+        """
+        send, receive = trio.open_memory_channel[list[Published] | Exception](1)
+        with receive:
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await self._send.send(Publish(events, trio.current_time(), send))
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    raise BusClosed("the bus is shutting down") from None
+                result = await receive.receive()
+            if scope.cancelled_caught:
+                raise Overloaded(f"the bus did not take the events within {timeout} s")
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def attach(self, conn_id: ConnId, outbox: Outbox, patterns: Sequence[str]) -> int:
+        """Register a connection; returns the log's last `seq` at that moment.
+
+        Every event after that `seq` that matches reaches the outbox; the ones up to it are the
+        caller's to read from the log (resume).
+        """
+        reply = await self._request(lambda s: Attach(conn_id, outbox, patterns, s))
+        assert isinstance(reply, int)
+        return reply
+
+    async def subscribe(
+        self, conn_id: ConnId, patterns: Sequence[str], *, subscribe: bool = True
+    ) -> frozenset[str]:
+        """Add (or with `subscribe=False` remove) patterns; returns the connection's set."""
+        reply = await self._request(lambda s: Subscribe(conn_id, patterns, subscribe, s))
+        assert isinstance(reply, frozenset)
+        return reply
+
+    async def _request(self, make: Callable[[trio.MemorySendChannel[Any]], RouterCommand]) -> Any:
+        send, receive = trio.open_memory_channel[Any](1)
+        with receive:
+            try:
+                await self._send.send(make(send))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise BusClosed("the bus is shutting down") from None
+            reply = await receive.receive()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def detach_nowait(self, conn_id: ConnId) -> bool:
+        """Unregister a connection without waiting; False if the inbox was full (retry)."""
+        try:
+            self._send.send_nowait(Detach(conn_id))
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        return True
+
+    async def detach(self, conn_id: ConnId) -> None:
+        """Unregister a connection; safe to call from `finally` (bounded, shielded)."""
+        if self.detach_nowait(conn_id):
+            return
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                await self._send.send(Detach(conn_id))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    def close(self) -> None:
+        """Stop the router once it has handled what it was sent."""
+        self._send.close()
+
+    def saturated(self) -> bool:
+        """Whether the inbox is full, so publishers are waiting."""
+        stats = self._send.statistics()
+        return stats.current_buffer_used >= stats.max_buffer_size
+
+    def statistics(self) -> RouterStatistics:
+        return self._router.statistics()
+
+
+async def start_router(
+    nursery: trio.Nursery,
+    log: EventLog,
+    stats: StatsHandle,
+    *,
+    inbox_size: int,
+    max_subscriptions: int,
+) -> RouterHandle:
+    """Start the router in `nursery`; `RouterHandle.close` stops it."""
+    send, receive = trio.open_memory_channel[RouterCommand](inbox_size)
+    router = Router(log, stats, max_subscriptions)
+    await nursery.start(router.run, receive)
+    return RouterHandle(send, router)

@@ -1,0 +1,105 @@
+"""`serve`: one bus node behind hypercorn's trio worker, started in code.
+
+Starting hypercorn in code (not the bare CLI) lets shutdown go in order: on SIGINT/SIGTERM (or
+`BusHandle.shutdown`) every WebSocket is closed with 1001, then hypercorn stops accepting and
+finishes in-flight requests, then the router and the log are drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+from typing import final
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ipt_bus.bus import BusHandle, run_bus
+from ipt_bus.config import BusConfig
+from ipt_bus.web import create_app
+
+
+@final
+@attrs.frozen
+class Server:
+    """What `serve` hands back once it listens."""
+
+    urls: list[str]
+    bus: BusHandle
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/ws"
+
+    def shutdown(self) -> None:
+        self.bus.shutdown()
+
+
+def hypercorn_config(config: BusConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.websocket_max_message_size = config.max_message_bytes
+    hc.graceful_timeout = config.shutdown_grace_seconds / 2
+    hc.keep_alive_timeout = 5
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")  # one handler: the root logger's
+    return hc
+
+
+async def serve(
+    config: BusConfig,
+    *,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a bus node and its HTTP/WebSocket server until shutdown.
+
+    With `handle_signals`, SIGINT and SIGTERM start the orderly shutdown. Reports a `Server`
+    (bound URLs and the bus handle) once listening.
+    """
+    async with trio.open_nursery() as nursery:
+        bus: BusHandle = await nursery.start(run_bus, config)
+        signal_scope = trio.CancelScope()
+        if handle_signals:
+            nursery.start_soon(_shutdown_on_signals, bus, signal_scope)
+        urls: list[str] = await nursery.start(_serve_http, bus)
+        task_status.started(Server(urls, bus))
+        await bus.wait_stopped()
+        signal_scope.cancel()
+
+
+async def _serve_http(
+    bus: BusHandle, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    try:
+        await hypercorn_serve(
+            create_app(bus),
+            hypercorn_config(bus.config),
+            shutdown_trigger=partial(_connections_closed, bus),
+            task_status=task_status,
+        )
+    finally:
+        bus.shutdown()  # hypercorn stopped (or failed): the bus goes with it
+
+
+async def _connections_closed(bus: BusHandle) -> None:
+    """Hypercorn's shutdown trigger: returns once WebSockets were told 1001 (bounded)."""
+    await bus.shutting_down.wait()
+    with trio.move_on_after(bus.config.shutdown_grace_seconds / 2):
+        while bus.router.statistics().connections:
+            await trio.sleep(0.01)
+
+
+async def _shutdown_on_signals(bus: BusHandle, scope: trio.CancelScope) -> None:
+    with scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            bus.shutdown()
+            return

@@ -1,0 +1,225 @@
+"""The stats actor: owns every counter behind `/stats` and `/topics`.
+
+Producers send deltas with `send_nowait` (never waiting on stats); the router sends one
+`Accepted`/`Dropped` per batch, so counters stay exact while the message rate stays low. Latency
+is sampled (at most one sample per connection per write). A full inbox loses only samples and is
+itself counted; counts are never sampled.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter, deque
+from typing import Any, Final
+
+import attrs
+import trio
+
+LATENCY_SAMPLES: Final = 10_000
+RATE_WINDOW_SECONDS: Final = 10
+STABILITY_WINDOW_SECONDS: Final = 60.0
+
+
+@attrs.frozen
+class Accepted:
+    count: int
+    per_topic: dict[str, int]
+    wall_time: float
+
+
+@attrs.frozen
+class Dropped:
+    reason: str
+    count: int
+
+
+@attrs.frozen
+class Latency:
+    seconds: float
+
+
+@attrs.frozen
+class Opened:
+    conn_id: int
+
+
+@attrs.frozen
+class Closed:
+    conn_id: int
+    code: int
+
+
+@attrs.frozen
+class Refused:
+    reason: str
+
+
+@attrs.frozen
+class Snapshot:
+    reply: trio.MemorySendChannel[dict[str, Any]]
+
+
+StatsCommand = Accepted | Dropped | Latency | Opened | Closed | Refused | Snapshot
+
+
+@attrs.define
+class Stats:
+    _started: float = attrs.field(factory=time.monotonic)
+    _total: int = 0
+    _per_topic: Counter[str] = attrs.field(factory=Counter)
+    _last_seen: dict[str, float] = attrs.field(factory=dict)
+    _per_second: deque[tuple[int, int]] = attrs.field(factory=deque)  # (second, count)
+    _dropped: Counter[str] = attrs.field(factory=Counter)
+    _latency: deque[float] = attrs.field(factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    _open: dict[int, float] = attrs.field(factory=dict)  # conn_id -> opened (monotonic)
+    _opens: deque[float] = attrs.field(factory=deque)
+    _closes: deque[tuple[float, int]] = attrs.field(factory=deque)
+    _closes_total: Counter[int] = attrs.field(factory=Counter)
+    _refused: Counter[str] = attrs.field(factory=Counter)
+    lost_samples: int = 0
+
+    def apply(self, command: StatsCommand) -> None:
+        now = time.monotonic()
+        match command:
+            case Accepted(count=count, per_topic=per_topic, wall_time=wall):
+                self._total += count
+                self._per_topic.update(per_topic)
+                for topic in per_topic:
+                    self._last_seen[topic] = wall
+                second = int(now)
+                if self._per_second and self._per_second[-1][0] == second:
+                    self._per_second[-1] = (second, self._per_second[-1][1] + count)
+                else:
+                    self._per_second.append((second, count))
+                    while self._per_second[0][0] <= second - RATE_WINDOW_SECONDS - 1:
+                        self._per_second.popleft()
+            case Dropped(reason=reason, count=count):
+                self._dropped[reason] += count
+            case Latency(seconds=seconds):
+                self._latency.append(seconds)
+            case Opened(conn_id=conn_id):
+                self._open[conn_id] = now
+                self._opens.append(now)
+            case Closed(conn_id=conn_id, code=code):
+                self._open.pop(conn_id, None)
+                self._closes.append((now, code))
+                self._closes_total[code] += 1
+            case Refused(reason=reason):
+                self._refused[reason] += 1
+            case Snapshot():
+                raise AssertionError("snapshots are answered by run()")
+        horizon = now - STABILITY_WINDOW_SECONDS
+        while self._opens and self._opens[0] < horizon:
+            self._opens.popleft()
+        while self._closes and self._closes[0][0] < horizon:
+            self._closes.popleft()
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        uptime = now - self._started
+        second = int(now)
+        recent = sum(c for s, c in self._per_second if s > second - RATE_WINDOW_SECONDS)
+        window = min(float(RATE_WINDOW_SECONDS), max(uptime, 1e-9))
+        samples = sorted(self._latency)
+        ages = sorted(now - t for t in self._open.values())
+        closes_by_code: Counter[int] = Counter(code for _, code in self._closes)
+        return {
+            "total_events": self._total,
+            "events_per_topic": dict(self._per_topic),
+            "active_connections": len(self._open),
+            "events_per_second": {
+                "last_10s": round(recent / window, 3),
+                "since_start": round(self._total / max(uptime, 1e-9), 3),
+            },
+            "latency_ms": {
+                "avg": _ms(statistics.fmean(samples)) if samples else None,
+                "p50": _ms(_quantile(samples, 0.50)),
+                "p99": _ms(_quantile(samples, 0.99)),
+                "samples": len(samples),
+            },
+            "events_dropped": {
+                "total": sum(self._dropped.values()),
+                "by_reason": dict(self._dropped),
+            },
+            "connection_stability": {
+                "opens_last_minute": len(self._opens),
+                "closes_last_minute": {str(k): v for k, v in sorted(closes_by_code.items())},
+                "closes_total": {str(k): v for k, v in sorted(self._closes_total.items())},
+                "refused_total": dict(self._refused),
+                "median_connection_age_seconds": (
+                    round(statistics.median(ages), 3) if ages else None
+                ),
+            },
+            "top_topics": [
+                {"topic": t, "count": c} for t, c in self._per_topic.most_common(10)
+            ],
+            "uptime_seconds": round(uptime, 3),
+            "stats_samples_lost": self.lost_samples,
+        }
+
+    def topics(self) -> dict[str, tuple[int, float]]:
+        """Every topic seen: (count, last seen as a Unix time)."""
+        return {t: (c, self._last_seen[t]) for t, c in self._per_topic.items()}
+
+    async def run(
+        self,
+        inbox: trio.MemoryReceiveChannel[StatsCommand],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with inbox:
+            task_status.started()
+            async for command in inbox:
+                if isinstance(command, Snapshot):
+                    snap = self.snapshot()
+                    snap["_topics"] = self.topics()
+                    command.reply.send_nowait(snap)
+                else:
+                    self.apply(command)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _quantile(sorted_samples: list[float], q: float) -> float | None:
+    if not sorted_samples:
+        return None
+    return sorted_samples[min(len(sorted_samples) - 1, int(q * len(sorted_samples)))]
+
+
+@attrs.frozen
+class StatsHandle:
+    """What others hold to report to and query the stats actor."""
+
+    _send: trio.MemorySendChannel[StatsCommand]
+    _stats: Stats
+
+    def record(self, delta: StatsCommand) -> None:
+        """Report a delta without waiting; a full inbox loses it and is counted."""
+        try:
+            self._send.send_nowait(delta)
+        except trio.WouldBlock:
+            self._stats.lost_samples += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # shutting down
+
+    def close(self) -> None:
+        """Stop the stats actor once it has applied what it was sent."""
+        self._send.close()
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The counters now. Waits for the stats actor to work through what it was sent."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        await self._send.send(Snapshot(send))
+        with receive:
+            return await receive.receive()
+
+
+async def start_stats(nursery: trio.Nursery, inbox_size: int) -> StatsHandle:
+    """Start the stats actor in `nursery`; closing the handle's channel stops it."""
+    send, receive = trio.open_memory_channel[StatsCommand](inbox_size)
+    stats = Stats()
+    await nursery.start(stats.run, receive)
+    return StatsHandle(send, stats)

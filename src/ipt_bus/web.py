@@ -1,0 +1,421 @@
+"""The HTTP edge: REST routes on Quart-Trio and `/ws` as a lean ASGI route beside them.
+
+`/ws` bypasses Quart's websocket machinery (an extra task, channel and per-message signal per
+connection; DESIGN §8 measured it at +9 KB RSS per connection and a slower send path) but lives
+in the same app object, on the same port. Every error is JSON; request bodies are decoded only by
+`ipt_bus.codec`, never by Quart's `get_json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import attrs
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ipt_bus import codec
+from ipt_bus.bus import BusHandle, run_bus
+from ipt_bus.config import BusConfig
+from ipt_bus.connection import ConnectParams, Connection, Disconnected
+from ipt_bus.errors import (
+    BusClosed,
+    ErrorCode,
+    LimitExceeded,
+    Overloaded,
+    ProtocolError,
+    StorageError,
+    http_status,
+)
+from ipt_bus.topics import parse_patterns
+
+log = logging.getLogger("ipt_bus.web")
+
+STANDARD_TOPICS: Final[dict[str, str]] = {
+    "task.status": "Task lifecycle events (started, running, completed, failed)",
+    "task.created": "New task creation events",
+    "task.cancelled": "Task cancellation events",
+    "task.retry": "Task retry events",
+    "phase.started": "Phase execution started",
+    "phase.progress": "Phase progress updates",
+    "phase.completed": "Phase execution completed",
+    "phase.failed": "Phase execution failed",
+    "cost.update": "Real-time cost updates",
+    "cost.budget_warning": "Budget threshold warnings",
+    "cost.budget_exhausted": "Budget exhausted events",
+    "cost.estimate": "Cost estimation events",
+    "tool.health_changed": "Tool health status changes",
+    "tool.available": "Tool becomes available",
+    "tool.unavailable": "Tool becomes unavailable",
+    "tool.degraded": "Tool performance degraded",
+    "logs.debug": "Debug level log messages",
+    "logs.info": "Information level log messages",
+    "logs.warning": "Warning level log messages",
+    "logs.error": "Error level log messages",
+    "file.progress": "File-based progress events",
+    "file.workflow": "File-based workflow events",
+    "legacy.broadcast": "General broadcast messages",
+}
+STANDARD_PATTERNS: Final[dict[str, str]] = {
+    "file.*": "Events from file-based event system",
+    "legacy.*": "Legacy events from existing systems",
+}
+JSON: Final = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = body if isinstance(body, bytes) else codec.dumps(body)
+    return Response(data, status=status, content_type=JSON, headers=headers)
+
+
+def error_response(
+    code: ErrorCode | str,
+    message: str,
+    status: int,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    err: dict[str, Any] = {"code": str(code), "message": message}
+    if field is not None:
+        err["field"] = field
+    return json_response({"error": err}, status, headers)
+
+
+class BusApp(QuartTrio):
+    """The Quart-Trio app, with `/ws` answered before Quart sees it."""
+
+    bus: BusHandle | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _websocket(self, scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":  # pragma: no cover - ASGI guarantees it
+            return
+        if scope["path"] != "/ws":
+            await _reject(send, 404, ErrorCode.NOT_FOUND, f"no WebSocket endpoint at {scope['path']}")
+            return
+        bus = self.bus
+        if bus is None or bus.shutting_down.is_set():
+            await _reject(send, 503, ErrorCode.SHUTTING_DOWN, "the bus is not running")
+            return
+        try:
+            params = parse_connect_params(scope.get("query_string", b""), bus.config)
+        except ProtocolError as exc:
+            await _reject(send, 400, exc.code, exc.message, exc.field)
+            return
+        await send({"type": "websocket.accept"})
+        await Connection(AsgiWebSocket(receive, send), bus, params).run()
+
+
+async def _reject(
+    send: Any, status: int, code: ErrorCode | str, message: str, field: str | None = None
+) -> None:
+    """Refuse a WebSocket handshake with a JSON HTTP answer (ASGI websocket.http.response)."""
+    err: dict[str, Any] = {"code": str(code), "message": message}
+    if field is not None:
+        err["field"] = field
+    body = codec.dumps({"error": err})
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+def parse_connect_params(query_string: bytes, config: BusConfig) -> ConnectParams:
+    """Read ``?topics=a,b&since=N&epoch=E&batch=1`` of a `/ws` URL."""
+    try:
+        query = parse_qs(query_string.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.INVALID_QUERY, "query string is not UTF-8") from None
+    patterns: list[str] = []
+    for raw in query.get("topics", []):
+        patterns.extend(parse_patterns(raw, "topics"))
+    patterns = list(dict.fromkeys(patterns))
+    if len(patterns) > config.max_subscriptions:
+        raise LimitExceeded(
+            f"more than {config.max_subscriptions} topics (max_subscriptions)", "topics"
+        )
+    since = _int_param(query, "since", minimum=0)
+    epoch = _last(query, "epoch")
+    batch = _last(query, "batch")
+    if batch not in (None, "", "0", "1", "true", "false"):
+        raise ProtocolError(ErrorCode.INVALID_QUERY, "batch must be 1 or 0", "batch")
+    return ConnectParams(
+        patterns=tuple(patterns) or ("**",),
+        since=since,
+        epoch=epoch or None,
+        batch=batch in ("1", "true"),
+    )
+
+
+def _last(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _int_param(
+    query: dict[str, list[str]], name: str, *, minimum: int, maximum: int | None = None
+) -> int | None:
+    raw = _last(query, name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.INVALID_QUERY, f"{name} must be an integer, got {raw[:32]!r}", name
+        ) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ProtocolError(ErrorCode.INVALID_QUERY, f"{name} must be {bound}", name)
+    return value
+
+
+@attrs.define
+class AsgiWebSocket:
+    """`WebSocketLike` over an ASGI websocket connection."""
+
+    _receive: Any
+    _send: Any
+
+    async def receive(self) -> str | bytes:
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if text is not None:
+                return str(text)
+            return bytes(message.get("bytes") or b"")
+        raise Disconnected(int(message.get("code", 1005)))
+
+    async def send(self, text: str) -> None:
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int) -> None:
+        await self._send({"type": "websocket.close", "code": code})
+
+
+def create_app(handle: BusHandle | None = None, config: BusConfig | None = None) -> BusApp:
+    """The ASGI app. With no `handle` it runs its own bus for the app's serving lifetime.
+
+    That second form is what ``hypercorn --worker-class trio 'ipt_bus.web:create_app()'`` uses;
+    `ipt_bus.server.serve` passes a handle so it can close WebSockets with 1001 on shutdown.
+    """
+    app = BusApp("ipt_bus")
+    app.bus = handle
+    cfg = handle.config if handle is not None else (config or BusConfig.from_env())
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 10
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+
+    if handle is None:
+
+        @app.before_serving
+        async def _start_bus() -> None:
+            app.bus = await app.nursery.start(run_bus, cfg)
+
+        @app.after_serving
+        async def _stop_bus() -> None:
+            if app.bus is not None:
+                app.bus.shutdown()
+                await app.bus.wait_stopped()
+
+    _routes(app)
+    return app
+
+
+def _bus(app: BusApp) -> BusHandle:
+    if app.bus is None or app.bus.shutting_down.is_set():
+        raise BusClosed("the bus is not running")
+    return app.bus
+
+
+def _routes(app: BusApp) -> None:  # noqa: C901 - one place that lists every route
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = {
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.METHOD_NOT_ALLOWED,
+            413: ErrorCode.TOO_LARGE,
+        }.get(status, "http_error")
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes (max_body_bytes)"
+        elif status == 404:
+            message = f"no such endpoint: {request.path}"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        headers = dict(exc.get_headers()) if status == 405 else None
+        if headers is not None:
+            headers.pop("Content-Type", None)
+        return error_response(code, message, status, headers=headers)
+
+    @app.errorhandler(ProtocolError)
+    async def _protocol_error(exc: ProtocolError) -> Response:
+        return error_response(exc.code, exc.message, http_status(exc.code), exc.field)
+
+    @app.errorhandler(Overloaded)
+    async def _overloaded(exc: Overloaded) -> Response:
+        retry = str(max(1, round(exc.retry_after_seconds)))
+        return error_response(ErrorCode.OVERLOADED, str(exc), 503, headers={"Retry-After": retry})
+
+    @app.errorhandler(BusClosed)
+    async def _closed(exc: BusClosed) -> Response:
+        return error_response(ErrorCode.SHUTTING_DOWN, str(exc), 503, headers={"Retry-After": "1"})
+
+    @app.errorhandler(StorageError)
+    async def _storage(exc: StorageError) -> Response:
+        return error_response(ErrorCode.INTERNAL, f"storage failed: {exc}", 503)
+
+    @app.errorhandler(Exception)
+    async def _internal(exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+        return error_response(ErrorCode.INTERNAL, "internal error (logged on the server)", 500)
+
+    @app.post("/events")
+    async def post_events() -> Response:
+        bus = _bus(app)
+        cfg = bus.config
+        mimetype = request.mimetype
+        if mimetype != JSON:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type must be {JSON}, got {mimetype or 'none'!r}",
+                "Content-Type",
+            )
+        body = codec.loads(await request.get_data(cache=False))
+        if isinstance(body, list):
+            if not body:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "the event array is empty")
+            if len(body) > cfg.max_batch_events:
+                raise LimitExceeded(
+                    f"more than {cfg.max_batch_events} events in one request (max_batch_events)"
+                )
+            events = [
+                codec.decode_event(e, f"[{i}]", max_bytes=cfg.max_event_bytes)
+                for i, e in enumerate(body)
+            ]
+            published = await bus.router.publish(events, timeout=cfg.publish_timeout_seconds)
+            return json_response({"events": [{"id": p.id, "seq": p.seq} for p in published]}, 201)
+        event = codec.decode_event(body, max_bytes=cfg.max_event_bytes)
+        (p,) = await bus.router.publish([event], timeout=cfg.publish_timeout_seconds)
+        return json_response({"id": p.id, "seq": p.seq}, 201)
+
+    @app.get("/events")
+    async def get_events() -> Response:
+        bus = _bus(app)
+        cfg = bus.config
+        query = {k: request.args.getlist(k) for k in request.args}
+        unknown = set(query) - {"topic", "limit", "since"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ProtocolError(
+                ErrorCode.INVALID_QUERY,
+                f"unknown query parameter {name!r}; allowed: topic, limit, since",
+                name,
+            )
+        patterns: list[str] = []
+        for raw in query.get("topic", []):
+            patterns.extend(parse_patterns(raw, "topic"))
+        limit = _int_param(query, "limit", minimum=0)
+        requested = cfg.default_query_limit if limit is None else limit
+        capped = requested > cfg.max_query_limit
+        limit = min(requested, cfg.max_query_limit)
+        since = _int_param(query, "since", minimum=0)
+        if since is None:
+            records = await bus.log.read_latest(patterns, limit)
+            tail = b""
+        else:
+            records = await bus.log.read_after(since, patterns, limit)
+            nxt = records[-1].seq if records else max(since, 0)
+            tail = b',"next":' + str(nxt).encode()
+        head = b'{"events":[' + ",".join(r.data for r in records).encode() + b"]"
+        meta = codec.dumps(
+            {"count": len(records), "limit": limit, "capped": capped, "epoch": bus.log.epoch}
+        )
+        return json_response(head + tail + b"," + meta[1:])
+
+    @app.get("/topics")
+    async def get_topics() -> Response:
+        bus = _bus(app)
+        seen: dict[str, tuple[int, float]] = (await bus.stats.snapshot())["_topics"]
+        topics = []
+        for topic in sorted(STANDARD_TOPICS.keys() | seen.keys()):
+            count, last = seen.get(topic, (0, None))
+            topics.append(
+                {
+                    "topic": topic,
+                    "standard": topic in STANDARD_TOPICS,
+                    "description": STANDARD_TOPICS.get(topic),
+                    "count": count,
+                    "last_seen": _iso(last),
+                }
+            )
+        patterns = [{"pattern": p, "description": d} for p, d in STANDARD_PATTERNS.items()]
+        return json_response({"topics": topics, "patterns": patterns})
+
+    @app.get("/stats")
+    async def get_stats() -> Response:
+        bus = _bus(app)
+        snap = await bus.stats.snapshot()
+        del snap["_topics"]
+        log_stats = bus.log.stats()
+        capacity = log_stats.capacity
+        snap["buffer"] = {
+            "size": log_stats.size,
+            "capacity": capacity,
+            "utilization": round(log_stats.size / capacity, 4) if capacity else None,
+        }
+        snap["log"] = {
+            "epoch": bus.log.epoch,
+            "first_seq": log_stats.first_seq,
+            "last_seq": log_stats.last_seq,
+        }
+        return json_response(snap)
+
+    @app.get("/health")
+    async def get_health() -> Response:
+        bus = app.bus
+        if bus is None or bus.shutting_down.is_set():
+            return json_response(
+                {"status": "down", "checks": {"bus": "not running or shutting down"}}, 503
+            )
+        checks: dict[str, str] = {}
+        started = time.monotonic()
+        with trio.move_on_after(1.0):
+            await bus.stats.snapshot()
+            checks["stats"] = "ok"
+        checks.setdefault("stats", "slow: no answer within 1 s")
+        checks["router"] = "ok" if not bus.router.saturated() else "saturated: publishers wait"
+        checks["log"] = "ok"
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return json_response(
+            {
+                "status": status,
+                "checks": checks,
+                "epoch": bus.log.epoch,
+                "last_seq": bus.log.last_seq,
+                "checked_in_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+        )
+
+
+def _iso(unix: float | None) -> str | None:
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, UTC).isoformat().replace("+00:00", "Z")
