@@ -34,6 +34,7 @@ class BusConfig:
     outbox_bytes: int = 4 * MiB
     reply_queue_frames: int = 64  # acks/errors waiting for a connection's writer
     slow_consumer_seconds: float = 10.0  # outbox full this long -> close 4008
+    write_deadline_seconds: float = 10.0  # one socket write stuck this long -> abort
     batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
 
     router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)

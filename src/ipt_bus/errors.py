@@ -98,9 +98,12 @@ class LimitExceeded(ProtocolError):
 class Overloaded(BusError):
     """The bus did not take the work before the deadline; retry after `retry_after_seconds`."""
 
-    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+    def __init__(
+        self, message: str, retry_after_seconds: float = 1.0, *, maybe_published: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+        self.maybe_published = maybe_published  # False: provably not in the log
 
 
 class BusClosed(BusError):

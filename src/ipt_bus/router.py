@@ -238,14 +238,22 @@ class RouterHandle:
             StorageError: the log failed; nothing was acknowledged.
         """
         send, receive = trio.open_memory_channel[list[Published] | Exception](1)
+        taken = False
         with receive:
             with trio.move_on_after(timeout) as scope:
                 try:
                     await self._send.send(Publish(events, trio.current_time(), send))
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     raise BusClosed("the bus is shutting down") from None
+                taken = True
                 result = await receive.receive()
             if scope.cancelled_caught:
+                if taken:
+                    raise Overloaded(
+                        f"the bus took the events but did not log them within {timeout} s; "
+                        "they may still be published",
+                        maybe_published=True,
+                    )
                 raise Overloaded(f"the bus did not take the events within {timeout} s")
         if isinstance(result, Exception):
             raise result

@@ -17,6 +17,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from ipt_bus import _hypercorn
 from ipt_bus.bus import BusHandle, run_bus
 from ipt_bus.config import BusConfig
 from ipt_bus.web import create_app
@@ -43,7 +44,9 @@ class Server:
 
 
 def hypercorn_config(config: BusConfig) -> HypercornConfig:
+    _hypercorn.install()
     hc = HypercornConfig()
+    setattr(hc, _hypercorn.WRITE_DEADLINE_ATTR, config.write_deadline_seconds)
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]
     hc.websocket_max_message_size = config.max_message_bytes

@@ -20,7 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ipt_bus import codec
+from ipt_bus import _hypercorn, codec
 from ipt_bus.bus import BusHandle, run_bus
 from ipt_bus.config import BusConfig
 from ipt_bus.connection import ConnectParams, Connection, Disconnected
@@ -215,6 +215,7 @@ def create_app(handle: BusHandle | None = None, config: BusConfig | None = None)
     That second form is what ``hypercorn --worker-class trio 'ipt_bus.web:create_app()'`` uses;
     `ipt_bus.server.serve` passes a handle so it can close WebSockets with 1001 on shutdown.
     """
+    _hypercorn.install()  # also under the bare hypercorn CLI
     app = BusApp("ipt_bus")
     app.bus = handle
     cfg = handle.config if handle is not None else (config or BusConfig.from_env())
@@ -286,6 +287,15 @@ def _routes(app: BusApp) -> None:  # noqa: C901 - one place that lists every rou
     async def _internal(exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
         return error_response(ErrorCode.INTERNAL, "internal error (logged on the server)", 500)
+
+    @app.route("/ws", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def ws_without_upgrade() -> Response:
+        return error_response(
+            "upgrade_required",
+            "/ws is a WebSocket endpoint: connect with a WebSocket client (e.g. wscat -c ws://HOST:PORT/ws)",
+            426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
 
     @app.post("/events")
     async def post_events() -> Response:

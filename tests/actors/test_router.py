@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import trio
+import trio.testing
+
+from ipt_bus.errors import LimitExceeded, Overloaded
+from ipt_bus.model import Event
+from ipt_bus.outbox import Outbox
+from ipt_bus.router import RouterHandle, start_router
+from ipt_bus.stats import StatsHandle, start_stats
+from ipt_bus.storage.memory import MemoryLog
+
+
+@pytest.fixture
+async def actors(nursery: trio.Nursery) -> AsyncIterator[tuple[RouterHandle, StatsHandle, MemoryLog]]:
+    log = MemoryLog(100)
+    stats = await start_stats(nursery, 1000)
+    router = await start_router(nursery, log, stats, inbox_size=16, max_subscriptions=3)
+    yield router, stats, log
+    router.close()
+    stats.close()
+
+
+def box(max_events: int = 100) -> Outbox:
+    return Outbox(max_events, 1 << 20, 10, 10.0)
+
+
+def ev(topic: str, n: int = 0) -> Event:
+    return Event(type="t", topic=topic, payload={"n": n})
+
+
+async def seqs(outbox: Outbox) -> list[int]:
+    taken = await outbox.take()
+    return [orjson.loads(d)["seq"] for d in taken.events]
+
+
+async def test_publish_assigns_increasing_seqs_and_fans_out_to_matches(actors) -> None:
+    router, stats, log = actors
+    tasks, everything, costs = box(), box(), box()
+    assert await router.attach(1, tasks, ["task.*"]) == 0
+    await router.attach(2, everything, ["**"])
+    await router.attach(3, costs, ["cost.update"])
+    published = await router.publish([ev("task.status"), ev("cost.update"), ev("task.a.b")], timeout=5)
+    assert [p.seq for p in published] == [1, 2, 3]
+    assert published[0].id.endswith("-1")
+    assert await seqs(tasks) == [1]
+    assert await seqs(everything) == [1, 2, 3]
+    assert await seqs(costs) == [2]
+    snap = await stats.snapshot()
+    assert snap["total_events"] == 3
+    assert snap["events_per_topic"] == {"task.status": 1, "cost.update": 1, "task.a.b": 1}
+
+
+async def test_overlapping_patterns_deliver_once(actors) -> None:
+    router, _, _ = actors
+    outbox = box()
+    await router.attach(1, outbox, ["task.*", "task.status", "**"])
+    await router.publish([ev("task.status")], timeout=5)
+    assert await seqs(outbox) == [1]
+
+
+async def test_subscribe_unsubscribe_and_limit(actors) -> None:
+    router, _, _ = actors
+    outbox = box()
+    await router.attach(1, outbox, ["a"])
+    assert await router.subscribe(1, ["b", "c"]) == {"a", "b", "c"}
+    with pytest.raises(LimitExceeded, match="more than 3 subscriptions"):
+        await router.subscribe(1, ["d"])
+    assert await router.subscribe(1, ["a"], subscribe=False) == {"b", "c"}
+    await router.publish([ev("a"), ev("b")], timeout=5)
+    assert await seqs(outbox) == [2]
+
+
+async def test_detach_stops_delivery(actors) -> None:
+    router, _, _ = actors
+    outbox = box()
+    await router.attach(1, outbox, ["**"])
+    await router.detach(1)
+    await router.publish([ev("a")], timeout=5)
+    assert outbox.offered == 0
+
+
+async def test_slow_outbox_loses_only_its_own_events(actors) -> None:
+    router, stats, _ = actors
+    slow, healthy = box(max_events=2), box()
+    await router.attach(1, slow, ["**"])
+    await router.attach(2, healthy, ["**"])
+    await router.publish([ev("a", i) for i in range(5)], timeout=5)
+    assert await seqs(healthy) == [1, 2, 3, 4, 5]
+    assert (slow.offered, slow.dropped) == (5, 3)
+    snap = await stats.snapshot()
+    assert snap["events_dropped"] == {"total": 3, "by_reason": {"slow_consumer": 3}}
+
+
+async def test_publishers_wait_when_the_router_is_saturated(autojump_clock: trio.testing.MockClock) -> None:
+    """A stalled log backs up the inbox; publishers past the deadline get `Overloaded`."""
+    release = trio.Event()
+
+    class StalledLog(MemoryLog):
+        async def append(self, events):  # type: ignore[no-untyped-def]
+            await release.wait()
+            return self.append_nowait(events)
+
+    async with trio.open_nursery() as nursery:
+        stats = await start_stats(nursery, 100)
+        router = await start_router(nursery, StalledLog(10), stats, inbox_size=1, max_subscriptions=3)
+        results: list[object] = []
+
+        async def publish() -> None:
+            try:
+                results.append(await router.publish([ev("a")], timeout=5))
+            except Overloaded as exc:
+                results.append(exc)
+
+        nursery.start_soon(publish)
+        await trio.testing.wait_all_tasks_blocked()  # the router holds it, stalled in the log
+        nursery.start_soon(publish)
+        nursery.start_soon(publish)
+        await trio.testing.wait_all_tasks_blocked()  # one in the inbox, one waiting to send
+        assert router.saturated()
+        await trio.sleep(6)
+        assert len(results) == 3
+        assert all(isinstance(r, Overloaded) for r in results)
+        release.set()
+        router.close()
+        stats.close()

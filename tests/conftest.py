@@ -1,0 +1,98 @@
+"""Shared fixtures: a real server on a free port, real WebSocket and HTTP clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from ipt_bus.config import BusConfig
+from ipt_bus.server import Server, serve
+
+RECEIVE_SECONDS = 10
+
+
+@asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[Server]:
+    config = attrs.evolve(BusConfig(port=0, gc_threshold=None), **overrides)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config)
+        try:
+            yield server
+        finally:
+            server.shutdown()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with running_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+@asynccontextmanager
+async def ws(server: Server, query: str = "", *, welcome: bool = True) -> AsyncIterator[WebSocketConnection]:
+    """A trio-websocket client on /ws; the welcome frame is read (and checked) first."""
+    url = server.ws_url + (f"?{query}" if query else "")
+    async with open_websocket_url(url, message_queue_size=1) as conn:
+        if welcome:
+            frame = await recv(conn)
+            assert frame["action"] == "welcome", frame
+        yield conn
+
+
+async def recv(conn: WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(RECEIVE_SECONDS):
+        message = await conn.get_message()
+    value = orjson.loads(message)
+    assert isinstance(value, dict)
+    return value
+
+
+async def recv_frames(conn: WebSocketConnection) -> list[dict[str, Any]]:
+    """One message, split into its frames (batch mode puts several per message)."""
+    with trio.fail_after(RECEIVE_SECONDS):
+        message = await conn.get_message()
+    assert isinstance(message, str)
+    return [orjson.loads(line) for line in message.split("\n")]
+
+
+async def send(conn: WebSocketConnection, frame: dict[str, Any]) -> None:
+    await conn.send_message(orjson.dumps(frame).decode())
+
+
+async def request(conn: WebSocketConnection, frame: dict[str, Any]) -> dict[str, Any]:
+    """Send an action and return its answer (skipping events that arrive in between)."""
+    await send(conn, frame)
+    while True:
+        answer = await recv(conn)
+        if "action" in answer and answer.get("id") == frame.get("id"):
+            return answer
+
+
+def event(topic: str = "custom.test", type_: str = "custom_event", **payload: Any) -> dict[str, Any]:
+    return {"type": type_, "topic": topic, "payload": payload}
+
+
+async def wait_for(predicate: Any, *, timeout: float = 10.0) -> None:
+    """Poll a (possibly async) condition with a deadline; never a blind sleep."""
+    with trio.fail_after(timeout):
+        while True:
+            result = predicate()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            await trio.sleep(0.01)

@@ -1,0 +1,213 @@
+"""REST API (DESIGN §4) against a real hypercorn server, spec examples first."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from ipt_bus.server import Server
+from ipt_bus.web import STANDARD_TOPICS, create_app
+from tests.conftest import event, running_server
+
+
+async def publish(http: httpx.AsyncClient, body: object) -> httpx.Response:
+    return await http.post("/events", content=orjson.dumps(body), headers={"content-type": "application/json"})
+
+
+async def test_spec_rest_queries(http: httpx.AsyncClient) -> None:
+    for i in range(12):
+        topic = "task.status" if i % 2 else "cost.update"
+        assert (await publish(http, event(topic, i=i))).status_code == 201
+    # curl http://127.0.0.1:8765/events?limit=10
+    recent = (await http.get("/events?limit=10")).json()
+    assert [e["payload"]["i"] for e in recent["events"]] == list(range(2, 12))
+    assert [e["seq"] for e in recent["events"]] == list(range(3, 13))
+    # curl http://127.0.0.1:8765/events?topic=task.status&limit=5
+    tasks = (await http.get("/events", params={"topic": "task.status", "limit": 5})).json()
+    assert [e["payload"]["i"] for e in tasks["events"]] == [3, 5, 7, 9, 11]
+    # curl http://127.0.0.1:8765/topics
+    topics = {t["topic"]: t for t in (await http.get("/topics")).json()["topics"]}
+    assert set(STANDARD_TOPICS) <= set(topics)
+    assert topics["task.status"]["count"] == 6
+    assert topics["task.status"]["last_seen"].endswith("Z")
+    assert topics["task.created"] == {
+        "topic": "task.created",
+        "standard": True,
+        "description": "New task creation events",
+        "count": 0,
+        "last_seen": None,
+    }
+    # curl http://127.0.0.1:8765/stats
+    stats = (await http.get("/stats")).json()
+    for key in (
+        "total_events",
+        "events_per_topic",
+        "active_connections",
+        "events_per_second",
+        "buffer",
+        "latency_ms",
+        "events_dropped",
+        "connection_stability",
+        "top_topics",
+        "uptime_seconds",
+    ):
+        assert key in stats, key
+    assert stats["total_events"] == 12
+    assert stats["events_per_topic"] == {"cost.update": 6, "task.status": 6}
+    assert stats["buffer"] == {"size": 12, "capacity": 10_000, "utilization": 0.0012}
+    assert set(stats["latency_ms"]) >= {"avg", "p50", "p99"}
+    # curl http://127.0.0.1:8765/health
+    health = await http.get("/health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+
+
+async def test_post_one_event_returns_id_and_seq(http: httpx.AsyncClient) -> None:
+    response = await publish(http, {**event(), "source": "me", "correlation_id": "req-1"})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["seq"] == 1
+    stored = (await http.get("/events")).json()["events"][0]
+    assert stored["id"] == body["id"]
+    assert stored["correlation_id"] == "req-1"
+    assert stored["timestamp"].endswith("Z")
+
+
+async def test_post_array_is_in_order_and_all_or_nothing(http: httpx.AsyncClient) -> None:
+    response = await publish(http, [event(n=i) for i in range(3)])
+    assert response.status_code == 201
+    assert [e["seq"] for e in response.json()["events"]] == [1, 2, 3]
+    bad = await publish(http, [event(), {"type": "t", "topic": "x..y", "payload": {}}, event()])
+    assert bad.status_code == 400
+    assert bad.json()["error"]["field"] == "[1].topic"
+    assert (await http.get("/events")).json()["count"] == 3
+
+
+async def test_since_pages_forward_with_a_cursor(http: httpx.AsyncClient) -> None:
+    await publish(http, [event(n=i) for i in range(5)])
+    page = (await http.get("/events?since=0&limit=2")).json()
+    assert [e["seq"] for e in page["events"]] == [1, 2]
+    assert page["next"] == 2
+    page = (await http.get(f"/events?since={page['next']}&limit=10")).json()
+    assert [e["seq"] for e in page["events"]] == [3, 4, 5]
+    assert page["next"] == 5
+    assert (await http.get("/events?since=5")).json() | {"events": []} == (
+        await http.get("/events?since=5")
+    ).json()
+
+
+async def test_limit_is_capped_and_says_so(http: httpx.AsyncClient) -> None:
+    body = (await http.get("/events?limit=5000")).json()
+    assert (body["limit"], body["capped"]) == (1000, True)
+    assert (await http.get("/events?limit=0")).json()["events"] == []
+
+
+async def test_wildcard_topic_queries(http: httpx.AsyncClient) -> None:
+    await publish(http, [event("file.progress"), event("file.a.b"), event("task.status")])
+    one = (await http.get("/events", params={"topic": "file.*"})).json()["events"]
+    assert [e["topic"] for e in one] == ["file.progress"]
+    rest = (await http.get("/events", params={"topic": "file.**"})).json()["events"]
+    assert [e["topic"] for e in rest] == ["file.progress", "file.a.b"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=-1", "limit"),
+        ("limit=ten", "limit"),
+        ("since=x", "since"),
+        ("topic=a..b", "topic"),
+        ("colour=red", "colour"),
+    ],
+)
+async def test_bad_queries_are_400_json(http: httpx.AsyncClient, query: str, field: str) -> None:
+    response = await http.get(f"/events?{query}")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code"),
+    [
+        (b"{not json", "application/json", 400, "invalid_json"),
+        (b'{"a": NaN}', "application/json", 400, "invalid_json"),
+        (b"\xef\xbb\xbf{}", "application/json", 400, "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "invalid_json"),
+        (b'{"type":"t","topic":"a","payload":{"n":18446744073709551616}}', "application/json", 400, "invalid_field"),
+        (b'"just a string"', "application/json", 400, "invalid_frame"),
+        (b"[]", "application/json", 400, "invalid_field"),
+        (b'{"type":"t","topic":"a","payload":{}}', "text/plain", 415, "unsupported_media_type"),
+        (b"type=t", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b'{"type":"t","topic":"a.*","payload":{}}', "application/json", 400, "invalid_topic"),
+        (b'{"type":"t","topic":"a","payload":{},"extra":1}', "application/json", 400, "unknown_field"),
+        (b'{"topic":"a","payload":{}}', "application/json", 400, "missing_field"),
+    ],
+)
+async def test_bad_bodies_get_specific_json_errors(
+    http: httpx.AsyncClient, content: bytes, content_type: str, status: int, code: str
+) -> None:
+    response = await http.post("/events", content=content, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == code
+    assert (await http.get("/health")).status_code == 200
+
+
+async def test_missing_content_type_is_415(http: httpx.AsyncClient) -> None:
+    response = await http.post("/events", content=b"{}", headers={"content-type": ""})
+    assert response.status_code == 415
+
+
+async def test_oversize_event_is_413_naming_the_limit(http: httpx.AsyncClient) -> None:
+    big = event(blob="x" * (1024 * 1024))
+    response = await publish(http, big)
+    assert response.status_code == 413
+    assert "1048576 bytes" in response.json()["error"]["message"]
+
+
+async def test_oversize_body_is_413_declared_and_chunked() -> None:
+    async with running_server(max_body_bytes=1000) as server, httpx.AsyncClient(base_url=server.url) as http:
+        body = orjson.dumps(event(blob="x" * 2000))
+        declared = await http.post("/events", content=body, headers={"content-type": "application/json"})
+        assert declared.status_code == 413
+        assert "1000 bytes" in declared.json()["error"]["message"]
+
+        async def chunks():  # no Content-Length: Transfer-Encoding: chunked
+            for i in range(0, len(body), 100):
+                yield body[i : i + 100]
+
+        chunked = await http.post("/events", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+        assert chunked.json()["error"]["code"] == "too_large"
+
+
+async def test_unknown_path_and_method_are_json(http: httpx.AsyncClient) -> None:
+    missing = await http.get("/nope")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    wrong = await http.delete("/events")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert "GET" in wrong.headers["allow"]
+
+
+async def test_batch_limit(http: httpx.AsyncClient) -> None:
+    response = await publish(http, [event()] * 1001)
+    assert response.status_code == 400
+    assert "max_batch_events" in response.json()["error"]["message"]
+
+
+async def test_health_reports_down_during_shutdown(server: Server) -> None:
+    """Once shutdown begins, /health is 503 and publishes are refused with Retry-After.
+
+    The listener closes at once here (no connections to wait for), so this asks the app
+    in-process instead of over the socket.
+    """
+    client = create_app(server.bus).test_client()
+    server.shutdown()
+    health = await client.get("/health")
+    assert health.status_code == 503
+    assert (await health.get_json())["status"] == "down"
+    refused = await client.post("/events", data=orjson.dumps(event()), headers={"content-type": "application/json"})
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
