@@ -38,6 +38,7 @@ class BusHandle:
     node: str
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
     _stopped: trio.Event = attrs.field(factory=trio.Event)
+    _force: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def next_conn_id(self) -> int:
@@ -46,6 +47,11 @@ class BusHandle:
     def shutdown(self) -> None:
         """Begin the orderly stop (idempotent); `run_bus` returns once it is done."""
         self.shutting_down.set()
+
+    def force_stop(self) -> None:
+        """Stop waiting for connections to close; the router and log still drain."""
+        self.shutting_down.set()
+        self._force.cancel()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -95,7 +101,7 @@ async def run_bus(
             )
             task_status.started(handle)
             await handle.shutting_down.wait()
-            with trio.move_on_after(config.shutdown_grace_seconds):
+            with handle._force, trio.move_on_after(config.shutdown_grace_seconds):  # noqa: SLF001
                 # connections see `shutting_down`, close with 1001 and detach
                 while router.statistics().connections:
                     await trio.sleep(0.01)

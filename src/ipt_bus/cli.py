@@ -45,10 +45,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         trio.run(_serve, config)
-    except OSError as exc:
-        print(f"ipt-bus: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+    except Exception as exc:  # the process's failure boundary: one clear line, then exit 1
+        os_error = _leaf(exc, OSError)
+        if os_error is not None:
+            print(f"ipt-bus: cannot serve on {config.host}:{config.port}: {os_error}", file=sys.stderr)
+        else:
+            logging.getLogger("ipt_bus").critical("the bus failed and stopped", exc_info=exc)
         return 1
     return 0
+
+
+def _leaf(exc: BaseException, kind: type[OSError]) -> OSError | None:
+    """The first `kind` inside `exc`, looking through exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 async def _serve(config: BusConfig) -> None:

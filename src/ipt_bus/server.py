@@ -22,6 +22,8 @@ from ipt_bus.bus import BusHandle, run_bus
 from ipt_bus.config import BusConfig
 from ipt_bus.web import create_app
 
+log = logging.getLogger("ipt_bus.server")
+
 
 @final
 @attrs.frozen
@@ -102,7 +104,16 @@ async def _connections_closed(bus: BusHandle) -> None:
 
 
 async def _shutdown_on_signals(bus: BusHandle, scope: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: orderly shutdown. Second: stop waiting for connections.
+
+    The receiver stays open until the bus has stopped: closing it earlier would restore the
+    default handlers and let a signal still in delivery kill the process mid-shutdown.
+    """
     with scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            bus.shutdown()
-            return
+        async for signum in signals:
+            if bus.shutting_down.is_set():
+                log.warning("second %s: closing without waiting", signal.Signals(signum).name)
+                bus.force_stop()
+            else:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                bus.shutdown()
