@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from ipt_bus.config import BusConfig
 from ipt_bus.server import Server, serve
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 RECEIVE_SECONDS = 10
 
@@ -43,7 +45,9 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def ws(server: Server, query: str = "", *, welcome: bool = True) -> AsyncIterator[WebSocketConnection]:
+async def ws(
+    server: Server, query: str = "", *, welcome: bool = True
+) -> AsyncIterator[WebSocketConnection]:
     """A trio-websocket client on /ws; the welcome frame is read (and checked) first."""
     url = server.ws_url + (f"?{query}" if query else "")
     async with open_websocket_url(url, message_queue_size=1) as conn:
@@ -69,6 +73,16 @@ async def recv_frames(conn: WebSocketConnection) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in message.split("\n")]
 
 
+async def closed_code(conn: WebSocketConnection) -> int:
+    """Read until the server closes the connection; its close code."""
+    with trio.fail_after(RECEIVE_SECONDS * 3):
+        while True:
+            try:
+                await conn.get_message()
+            except ConnectionClosed as closed:
+                return int(closed.reason.code)
+
+
 async def send(conn: WebSocketConnection, frame: dict[str, Any]) -> None:
     await conn.send_message(orjson.dumps(frame).decode())
 
@@ -82,13 +96,15 @@ async def request(conn: WebSocketConnection, frame: dict[str, Any]) -> dict[str,
             return answer
 
 
-def event(topic: str = "custom.test", type_: str = "custom_event", **payload: Any) -> dict[str, Any]:
+def event(
+    topic: str = "custom.test", type_: str = "custom_event", **payload: Any
+) -> dict[str, Any]:
     return {"type": type_, "topic": topic, "payload": payload}
 
 
-async def wait_for(predicate: Any, *, timeout: float = 10.0) -> None:
+async def wait_for(predicate: Any, *, seconds: float = 10.0) -> None:
     """Poll a (possibly async) condition with a deadline; never a blind sleep."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(seconds):
         while True:
             result = predicate()
             if hasattr(result, "__await__"):

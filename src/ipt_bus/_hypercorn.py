@@ -55,4 +55,4 @@ def install() -> None:
 
 
 def is_installed() -> bool:
-    return TCPServer.protocol_send is _protocol_send  # type: ignore[comparison-overlap]
+    return TCPServer.protocol_send is _protocol_send

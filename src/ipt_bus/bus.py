@@ -101,10 +101,9 @@ async def run_bus(
             )
             task_status.started(handle)
             await handle.shutting_down.wait()
-            with handle._force, trio.move_on_after(config.shutdown_grace_seconds):  # noqa: SLF001
+            with handle._force, trio.move_on_after(config.shutdown_grace_seconds):
                 # connections see `shutting_down`, close with 1001 and detach
-                while router.statistics().connections:
-                    await trio.sleep(0.01)
+                await router.wait_idle()
             router.close()
             stats.close()
     finally:
@@ -112,4 +111,4 @@ async def run_bus(
             scope.shield = True
             await event_log.aclose()
         if "handle" in locals():
-            handle._stopped.set()  # noqa: SLF001
+            handle._stopped.set()

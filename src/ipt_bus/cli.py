@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from ipt_bus.bus import __version__
 from ipt_bus.config import DEFAULT_PORT, BusConfig
 from ipt_bus.server import Server, serve
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the process's failure boundary: one clear line, then exit 1
         os_error = _leaf(exc, OSError)
         if os_error is not None:
-            print(f"ipt-bus: cannot serve on {config.host}:{config.port}: {os_error}", file=sys.stderr)
+            print(
+                f"ipt-bus: cannot serve on {config.host}:{config.port}: {os_error}", file=sys.stderr
+            )
         else:
             logging.getLogger("ipt_bus").critical("the bus failed and stopped", exc_info=exc)
         return 1

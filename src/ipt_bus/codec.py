@@ -79,7 +79,9 @@ def decode_event(obj: Any, field: str = "", *, max_bytes: int | None = None) -> 
     """
     prefix = f"{field}." if field else ""
     if not isinstance(obj, dict):
-        raise ProtocolError(ErrorCode.INVALID_FRAME, "an event must be a JSON object", field or None)
+        raise ProtocolError(
+            ErrorCode.INVALID_FRAME, "an event must be a JSON object", field or None
+        )
     extra = obj.keys() - _EVENT_FIELDS
     if extra:
         name = sorted(extra)[0]
@@ -104,7 +106,9 @@ def decode_event(obj: Any, field: str = "", *, max_bytes: int | None = None) -> 
     validate_topic(topic, prefix + "topic")
     if "payload" not in obj:
         raise ProtocolError(
-            ErrorCode.MISSING_FIELD, "event needs a 'payload' object (may be {})", prefix + "payload"
+            ErrorCode.MISSING_FIELD,
+            "event needs a 'payload' object (may be {})",
+            prefix + "payload",
         )
     payload = obj["payload"]
     if not isinstance(payload, dict):
@@ -135,7 +139,9 @@ def _timestamp(value: Any, field: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ProtocolError(ErrorCode.INVALID_FIELD, "'timestamp' must be an ISO-8601 string", field)
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD, "'timestamp' must be an ISO-8601 string", field
+        )
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -215,10 +221,12 @@ def _str_list(value: Any, _: Any) -> list[str]:
 
 
 def _request_id(value: Any, _: Any) -> RequestId:
-    if value is None or isinstance(value, str) or (
-        isinstance(value, int) and not isinstance(value, bool)
+    if (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, int) and not isinstance(value, bool))
     ):
-        return value  # type: ignore[no-any-return]  # narrowed by the isinstance checks
+        return value
     raise TypeError("expected a string or an integer")
 
 
@@ -235,8 +243,12 @@ def _make_converter() -> cattrs.Converter:
         list[Any] | None: lambda v, _: _optional(v, list, "a list"),
     }
     for kind, hook in exact.items():
-        conv.register_structure_hook_func(lambda t, kind=kind: t == kind, hook)
+        conv.register_structure_hook_func(_is(kind), hook)
     return conv
+
+
+def _is(kind: Any) -> Any:
+    return lambda t: t == kind
 
 
 def _optional(value: Any, kind: type, name: str) -> Any:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 MiB: Final = 1024 * 1024
 DEFAULT_PORT: Final = 8765

@@ -7,6 +7,7 @@ this connection (1011, logged, counted). Neither reaches the socket of another c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
@@ -115,10 +116,8 @@ class Connection:
             self.close_code = -self.close_code
         else:
             with trio.move_on_after(CLOSE_WRITE_SECONDS):
-                try:
+                with contextlib.suppress(Disconnected):
                     await self._ws.close(self.close_code)
-                except Disconnected:
-                    pass
         bus.stats.record(Closed(self.conn_id, self.close_code))
         return self.close_code
 

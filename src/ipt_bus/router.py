@@ -11,10 +11,10 @@ awaits a subscriber; only the log append awaits.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, assert_never, final
 
 import attrs
@@ -72,6 +72,7 @@ class Router:
     _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
+    _idle: trio.Event = attrs.field(factory=trio.Event)  # set while no connection is attached
 
     async def run(
         self,
@@ -160,6 +161,8 @@ class Router:
             self._stats.record(Dropped("slow_consumer", dropped))
 
     def _on_attach(self, command: Attach) -> None:
+        if self._idle.is_set():
+            self._idle = trio.Event()
         self._outboxes[command.conn_id] = command.outbox
         try:
             self._add(command.conn_id, command.patterns)
@@ -201,9 +204,15 @@ class Router:
         if self._outboxes.pop(command.conn_id, None) is not None:
             self._index.remove_key(command.conn_id)
             self._targets.clear()
+        if not self._outboxes:
+            self._idle.set()
 
     def statistics(self) -> RouterStatistics:
         return RouterStatistics(connections=len(self._outboxes))
+
+    async def wait_idle(self) -> None:
+        while self._outboxes:
+            await self._idle.wait()
 
 
 @attrs.frozen
@@ -213,10 +222,8 @@ class RouterStatistics:
 
 def _answer(reply: trio.MemorySendChannel[T], value: T) -> None:
     """Answer a request; a requester that gave up (closed its end) is not an error."""
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
         reply.send_nowait(value)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-        pass
 
 
 @final
@@ -227,8 +234,11 @@ class RouterHandle:
     _send: trio.MemorySendChannel[RouterCommand]
     _router: Router
 
-    async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:
+    async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:  # noqa: ASYNC109
         """Append `events` to the log and fan them out; returns where each went, in order.
+
+        `timeout` is a parameter (not the caller's cancel scope) because only here can "the
+        router never took them" be told apart from "taken, maybe logged" (`Overloaded`).
 
         Waits while the bus is saturated (backpressure).
 
@@ -305,10 +315,8 @@ class RouterHandle:
             return
         with trio.move_on_after(5) as scope:
             scope.shield = True
-            try:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._send.send(Detach(conn_id))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
 
     def close(self) -> None:
         """Stop the router once it has handled what it was sent."""
@@ -321,6 +329,10 @@ class RouterHandle:
 
     def statistics(self) -> RouterStatistics:
         return self._router.statistics()
+
+    async def wait_idle(self) -> None:
+        """Wait until no connection is attached."""
+        await self._router.wait_idle()
 
 
 async def start_router(

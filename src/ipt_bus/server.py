@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 from functools import partial
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
@@ -19,8 +19,10 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ipt_bus import _hypercorn
 from ipt_bus.bus import BusHandle, run_bus
-from ipt_bus.config import BusConfig
 from ipt_bus.web import create_app
+
+if TYPE_CHECKING:
+    from ipt_bus.config import BusConfig
 
 log = logging.getLogger("ipt_bus.server")
 
@@ -99,8 +101,7 @@ async def _connections_closed(bus: BusHandle) -> None:
     """Hypercorn's shutdown trigger: returns once WebSockets were told 1001 (bounded)."""
     await bus.shutting_down.wait()
     with trio.move_on_after(bus.config.shutdown_grace_seconds / 2):
-        while bus.router.statistics().connections:
-            await trio.sleep(0.01)
+        await bus.router.wait_idle()
 
 
 async def _shutdown_on_signals(bus: BusHandle, scope: trio.CancelScope) -> None:

@@ -151,9 +151,7 @@ class Stats:
                     round(statistics.median(ages), 3) if ages else None
                 ),
             },
-            "top_topics": [
-                {"topic": t, "count": c} for t, c in self._per_topic.most_common(10)
-            ],
+            "top_topics": [{"topic": t, "count": c} for t, c in self._per_topic.most_common(10)],
             "uptime_seconds": round(uptime, 3),
             "stats_samples_lost": self.lost_samples,
         }

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from ipt_bus import _hypercorn, codec
 from ipt_bus.bus import BusHandle, run_bus
 from ipt_bus.config import BusConfig
-from ipt_bus.connection import ConnectParams, Connection, Disconnected
+from ipt_bus.connection import Connection, ConnectParams, Disconnected
 from ipt_bus.errors import (
     BusClosed,
     ErrorCode,
@@ -103,7 +103,9 @@ class BusApp(QuartTrio):
         if message["type"] != "websocket.connect":  # pragma: no cover - ASGI guarantees it
             return
         if scope["path"] != "/ws":
-            await _reject(send, 404, ErrorCode.NOT_FOUND, f"no WebSocket endpoint at {scope['path']}")
+            await _reject(
+                send, 404, ErrorCode.NOT_FOUND, f"no WebSocket endpoint at {scope['path']}"
+            )
             return
         bus = self.bus
         if bus is None or bus.shutting_down.is_set():
@@ -130,7 +132,10 @@ async def _reject(
         {
             "type": "websocket.http.response.start",
             "status": status,
-            "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "websocket.http.response.body", "body": body})
@@ -245,7 +250,7 @@ def _bus(app: BusApp) -> BusHandle:
     return app.bus
 
 
-def _routes(app: BusApp) -> None:  # noqa: C901 - one place that lists every route
+def _routes(app: BusApp) -> None:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
@@ -256,7 +261,8 @@ def _routes(app: BusApp) -> None:  # noqa: C901 - one place that lists every rou
         }.get(status, "http_error")
         message = exc.description or exc.name
         if status == 413:
-            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes (max_body_bytes)"
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = f"request body is larger than {limit} bytes (max_body_bytes)"
         elif status == 404:
             message = f"no such endpoint: {request.path}"
         elif status == 405:

@@ -58,7 +58,9 @@ async def test_byte_bound() -> None:
     assert not box.offer("y" * 15, 2, 0.0)
 
 
-async def test_outbox_full_for_the_timeout_closes_with_4008(autojump_clock: trio.testing.MockClock) -> None:
+async def test_outbox_full_for_the_timeout_closes_with_4008(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     box = make(max_events=1)
     box.offer("1", 1, 0.0)
     box.offer("2", 2, 0.0)  # full since now
@@ -71,7 +73,9 @@ async def test_outbox_full_for_the_timeout_closes_with_4008(autojump_clock: trio
     assert await box.wait_closed() == 4008
 
 
-async def test_draining_resets_the_slow_consumer_timer(autojump_clock: trio.testing.MockClock) -> None:
+async def test_draining_resets_the_slow_consumer_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     box = make(max_events=1)
     box.offer("1", 1, 0.0)
     box.offer("2", 2, 0.0)
@@ -114,4 +118,5 @@ async def test_take_returns_empty_once_closed() -> None:
         await trio.testing.wait_all_tasks_blocked()
         box.close(1001)
     taken = result[0]
-    assert taken.replies == [] and taken.events == []  # type: ignore[attr-defined]
+    assert taken.replies == []
+    assert taken.events == []

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -14,9 +14,14 @@ from ipt_bus.router import RouterHandle, start_router
 from ipt_bus.stats import StatsHandle, start_stats
 from ipt_bus.storage.memory import MemoryLog
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 
 @pytest.fixture
-async def actors(nursery: trio.Nursery) -> AsyncIterator[tuple[RouterHandle, StatsHandle, MemoryLog]]:
+async def actors(
+    nursery: trio.Nursery,
+) -> AsyncIterator[tuple[RouterHandle, StatsHandle, MemoryLog]]:
     log = MemoryLog(100)
     stats = await start_stats(nursery, 1000)
     router = await start_router(nursery, log, stats, inbox_size=16, max_subscriptions=3)
@@ -39,12 +44,14 @@ async def seqs(outbox: Outbox) -> list[int]:
 
 
 async def test_publish_assigns_increasing_seqs_and_fans_out_to_matches(actors) -> None:
-    router, stats, log = actors
+    router, stats, _log = actors
     tasks, everything, costs = box(), box(), box()
     assert await router.attach(1, tasks, ["task.*"]) == 0
     await router.attach(2, everything, ["**"])
     await router.attach(3, costs, ["cost.update"])
-    published = await router.publish([ev("task.status"), ev("cost.update"), ev("task.a.b")], timeout=5)
+    published = await router.publish(
+        [ev("task.status"), ev("cost.update"), ev("task.a.b")], timeout=5
+    )
     assert [p.seq for p in published] == [1, 2, 3]
     assert published[0].id.endswith("-1")
     assert await seqs(tasks) == [1]
@@ -96,7 +103,9 @@ async def test_slow_outbox_loses_only_its_own_events(actors) -> None:
     assert snap["events_dropped"] == {"total": 3, "by_reason": {"slow_consumer": 3}}
 
 
-async def test_publishers_wait_when_the_router_is_saturated(autojump_clock: trio.testing.MockClock) -> None:
+async def test_publishers_wait_when_the_router_is_saturated(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A stalled log backs up the inbox; publishers past the deadline get `Overloaded`."""
     release = trio.Event()
 
@@ -107,7 +116,9 @@ async def test_publishers_wait_when_the_router_is_saturated(autojump_clock: trio
 
     async with trio.open_nursery() as nursery:
         stats = await start_stats(nursery, 100)
-        router = await start_router(nursery, StalledLog(10), stats, inbox_size=1, max_subscriptions=3)
+        router = await start_router(
+            nursery, StalledLog(10), stats, inbox_size=1, max_subscriptions=3
+        )
         results: list[object] = []
 
         async def publish() -> None:

@@ -150,7 +150,11 @@ def test_client_frames() -> None:
         ('{"action": "subscribe"}', ErrorCode.MISSING_FIELD, "topics"),
         ('{"action": "subscribe", "topics": "a"}', ErrorCode.INVALID_FIELD, "topics"),
         ('{"action": "subscribe", "topics": [1]}', ErrorCode.INVALID_FIELD, "topics"),
-        ('{"action": "subscribe", "topics": ["a"], "batch": "yes"}', ErrorCode.INVALID_FIELD, "batch"),
+        (
+            '{"action": "subscribe", "topics": ["a"], "batch": "yes"}',
+            ErrorCode.INVALID_FIELD,
+            "batch",
+        ),
         ('{"action": "subscribe", "topics": ["a"], "x": 1}', ErrorCode.UNKNOWN_FIELD, "x"),
         ('{"action": "ping", "id": [1]}', ErrorCode.INVALID_FIELD, "id"),
         ('{"action": "ping", "id": true}', ErrorCode.INVALID_FIELD, "id"),

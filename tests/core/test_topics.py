@@ -114,4 +114,4 @@ def test_index_prunes_nodes_on_remove() -> None:
     index.add("c1", "a.**")
     index.remove_key("c1")
     assert index.lookup("a.b.c") == set()
-    assert index._root.children == {}  # noqa: SLF001 - churn must not grow the trie
+    assert index._root.children == {}

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 import orjson
 import pytest
 
-from ipt_bus.server import Server
 from ipt_bus.web import STANDARD_TOPICS, create_app
 from tests.conftest import event, running_server
 
+if TYPE_CHECKING:
+    from ipt_bus.server import Server
+
 
 async def publish(http: httpx.AsyncClient, body: object) -> httpx.Response:
-    return await http.post("/events", content=orjson.dumps(body), headers={"content-type": "application/json"})
+    return await http.post(
+        "/events", content=orjson.dumps(body), headers={"content-type": "application/json"}
+    )
 
 
 async def test_spec_rest_queries(http: httpx.AsyncClient) -> None:
@@ -135,13 +141,23 @@ async def test_bad_queries_are_400_json(http: httpx.AsyncClient, query: str, fie
         (b'{"a": NaN}', "application/json", 400, "invalid_json"),
         (b"\xef\xbb\xbf{}", "application/json", 400, "invalid_json"),
         (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "invalid_json"),
-        (b'{"type":"t","topic":"a","payload":{"n":18446744073709551616}}', "application/json", 400, "invalid_field"),
+        (
+            b'{"type":"t","topic":"a","payload":{"n":18446744073709551616}}',
+            "application/json",
+            400,
+            "invalid_field",
+        ),
         (b'"just a string"', "application/json", 400, "invalid_frame"),
         (b"[]", "application/json", 400, "invalid_field"),
         (b'{"type":"t","topic":"a","payload":{}}', "text/plain", 415, "unsupported_media_type"),
         (b"type=t", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b'{"type":"t","topic":"a.*","payload":{}}', "application/json", 400, "invalid_topic"),
-        (b'{"type":"t","topic":"a","payload":{},"extra":1}', "application/json", 400, "unknown_field"),
+        (
+            b'{"type":"t","topic":"a","payload":{},"extra":1}',
+            "application/json",
+            400,
+            "unknown_field",
+        ),
         (b'{"topic":"a","payload":{}}', "application/json", 400, "missing_field"),
     ],
 )
@@ -168,9 +184,14 @@ async def test_oversize_event_is_413_naming_the_limit(http: httpx.AsyncClient) -
 
 
 async def test_oversize_body_is_413_declared_and_chunked() -> None:
-    async with running_server(max_body_bytes=1000) as server, httpx.AsyncClient(base_url=server.url) as http:
+    async with (
+        running_server(max_body_bytes=1000) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
         body = orjson.dumps(event(blob="x" * 2000))
-        declared = await http.post("/events", content=body, headers={"content-type": "application/json"})
+        declared = await http.post(
+            "/events", content=body, headers={"content-type": "application/json"}
+        )
         assert declared.status_code == 413
         assert "1000 bytes" in declared.json()["error"]["message"]
 
@@ -178,7 +199,9 @@ async def test_oversize_body_is_413_declared_and_chunked() -> None:
             for i in range(0, len(body), 100):
                 yield body[i : i + 100]
 
-        chunked = await http.post("/events", content=chunks(), headers={"content-type": "application/json"})
+        chunked = await http.post(
+            "/events", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert chunked.status_code == 413
         assert chunked.json()["error"]["code"] == "too_large"
 
@@ -208,6 +231,8 @@ async def test_health_reports_down_during_shutdown(server: Server) -> None:
     health = await client.get("/health")
     assert health.status_code == 503
     assert (await health.get_json())["status"] == "down"
-    refused = await client.post("/events", data=orjson.dumps(event()), headers={"content-type": "application/json"})
+    refused = await client.post(
+        "/events", data=orjson.dumps(event()), headers={"content-type": "application/json"}
+    )
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "1"

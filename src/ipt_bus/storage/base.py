@@ -15,13 +15,14 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from ipt_bus.model import Event
+
 if TYPE_CHECKING:
-    from ipt_bus.model import Event
+    from collections.abc import Sequence
 
 
 @attrs.frozen
@@ -57,9 +58,7 @@ class EventLog(Protocol):
 
     async def append(self, events: Sequence[Event]) -> list[Record]: ...
 
-    async def read_after(
-        self, since: int, patterns: Sequence[str], limit: int
-    ) -> list[Record]: ...
+    async def read_after(self, since: int, patterns: Sequence[str], limit: int) -> list[Record]: ...
 
     async def read_latest(self, patterns: Sequence[str], limit: int) -> list[Record]: ...
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ipt_bus.codec import encode_event
-from ipt_bus.model import Event
 from ipt_bus.storage.base import LogStats, Record
 from ipt_bus.topics import matches_any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ipt_bus.model import Event
 
 
 @attrs.define
