@@ -38,9 +38,11 @@ class BusConfig:
     slow_consumer_seconds: float = 10.0  # outbox full this long -> close 4008
     write_deadline_seconds: float = 10.0  # one socket write stuck this long -> abort
     batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
+    batch_linger_seconds: float = 0.05  # batch=1: at most one message per window under load
 
     router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)
     publish_timeout_seconds: float = 5.0  # REST 503 / WS `overloaded` past this
+    publishes_in_flight: int = 64  # per WS connection: publishes sent on before their ack
     default_query_limit: int = 100
     max_query_limit: int = 1_000
     shutdown_grace_seconds: float = 5.0

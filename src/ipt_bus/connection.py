@@ -27,7 +27,9 @@ from ipt_bus.errors import (
     StorageError,
 )
 from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
+from ipt_bus.model import Published
 from ipt_bus.outbox import Outbox
+from ipt_bus.router import wait_published
 from ipt_bus.stats import Closed, Latency, Opened
 from ipt_bus.topics import validate_pattern
 
@@ -44,6 +46,18 @@ class Disconnected(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
+
+
+Answer = trio.MemoryReceiveChannel[list[Published] | Exception]
+
+
+def _ack(frame: Publish, published: list[Published]) -> dict[str, Any]:
+    reply: dict[str, Any] = {"action": "published", "id": frame.id}
+    if frame.event is not None:
+        reply["event"] = {"id": published[0].id, "seq": published[0].seq}
+    else:
+        reply["events"] = [{"id": p.id, "seq": p.seq} for p in published]
+    return reply
 
 
 class WebSocketLike(Protocol):
@@ -74,6 +88,8 @@ class Connection:
     conn_id: int = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
     _batch: bool = attrs.field(init=False)
+    _in_flight: trio.MemorySendChannel[tuple[Publish, Answer]] = attrs.field(init=False)
+    _in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, Answer]] = attrs.field(init=False)
     _last_sample: float = -1.0
     close_code: int = int(CloseCode.GOING_AWAY)
 
@@ -86,6 +102,9 @@ class Connection:
             max_bytes=cfg.outbox_bytes,
             max_replies=cfg.reply_queue_frames,
             slow_consumer_seconds=cfg.slow_consumer_seconds,
+        )
+        self._in_flight, self._in_flight_rx = trio.open_memory_channel[tuple[Publish, Answer]](
+            cfg.publishes_in_flight
         )
 
     async def run(self) -> int:
@@ -100,6 +119,7 @@ class Connection:
             last = await bus.router.attach(self.conn_id, self._outbox, self._params.patterns)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader)
+                nursery.start_soon(self._acker)
                 nursery.start_soon(self._writer, last)
                 nursery.start_soon(self._watch_shutdown)
                 self.close_code = await self._outbox.wait_closed()
@@ -200,15 +220,25 @@ class Connection:
                 codec.decode_event(e, f"events[{i}]", max_bytes=cfg.max_event_bytes)
                 for i, e in enumerate(frame.events)
             ]
-        published = await self._bus.router.publish(events, timeout=cfg.publish_timeout_seconds)
-        if not frame.ack:
-            return
-        reply: dict[str, Any] = {"action": "published", "id": frame.id}
-        if frame.event is not None:
-            reply["event"] = {"id": published[0].id, "seq": published[0].seq}
-        else:
-            reply["events"] = [{"id": p.id, "seq": p.seq} for p in published]
-        await self._reply(reply)
+        answer = await self._bus.router.submit(events, timeout=cfg.publish_timeout_seconds)
+        # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
+        await self._in_flight.send((frame, answer))
+
+    async def _acker(self) -> None:
+        timeout = self._bus.config.publish_timeout_seconds
+        async for frame, answer in self._in_flight_rx:
+            try:
+                published = await wait_published(answer, timeout=timeout)
+            except Overloaded as exc:
+                await self._error(frame.id, ProtocolError(ErrorCode.OVERLOADED, str(exc)))
+            except StorageError as exc:
+                await self._error(frame.id, ProtocolError(ErrorCode.INTERNAL, f"storage: {exc}"))
+            except BusClosed as exc:
+                await self._error(frame.id, ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc)))
+            else:
+                if frame.ack:
+                    await self._reply(_ack(frame, published))
+
 
     async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
         if not topics:
@@ -238,7 +268,16 @@ class Connection:
             await self._ws.send(codec.dumps(self._bus.welcome()).decode())
             if self._params.since is not None:
                 await self._replay(self._params.since, attached_at)
+            linger = self._bus.config.batch_linger_seconds
+            last_send = -linger
             while True:
+                if self._batch and linger > 0:
+                    # Under load, wait out the window since the last message so a backlog
+                    # builds up and leaves as one message; an idle subscriber is not delayed.
+                    await self._outbox.wait_ready()
+                    if trio.current_time() - last_send < linger:
+                        await trio.sleep_until(last_send + linger)
+                    last_send = trio.current_time()
                 taken = await self._outbox.take()
                 frames = taken.replies + taken.events
                 if not frames:

@@ -114,6 +114,11 @@ class Outbox:
         self._replies.append(data)
         self._wakeup.set()
 
+    async def wait_ready(self) -> None:
+        while not (self._replies or self._events or self._gap) and self.closed_code is None:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
     async def take(self) -> Taken:
         """Wait for anything to send and take all of it. Returns nothing once closed."""
         while not (self._replies or self._events or self._gap) and self.closed_code is None:

@@ -220,6 +220,26 @@ class RouterStatistics:
     connections: int
 
 
+async def wait_published(  # noqa: ASYNC109 - see RouterHandle.publish
+    answer: trio.MemoryReceiveChannel[list[Published] | Exception], *, timeout: float
+) -> list[Published]:
+    """Wait for the answer to a `RouterHandle.submit`; raises what `publish` raises."""
+    with answer:
+        with trio.move_on_after(max(timeout, 0)):
+            try:
+                result = await answer.receive()
+            except trio.EndOfChannel:
+                raise BusClosed("the bus stopped before logging the events") from None
+            if isinstance(result, Exception):
+                raise result
+            return result
+    raise Overloaded(
+        f"the bus took the events but did not log them within {timeout:g} s; "
+        "they may still be published",
+        maybe_published=True,
+    )
+
+
 def _answer(reply: trio.MemorySendChannel[T], value: T) -> None:
     """Answer a request; a requester that gave up (closed its end) is not an error."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
@@ -237,37 +257,40 @@ class RouterHandle:
     async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:  # noqa: ASYNC109
         """Append `events` to the log and fan them out; returns where each went, in order.
 
-        `timeout` is a parameter (not the caller's cancel scope) because only here can "the
-        router never took them" be told apart from "taken, maybe logged" (`Overloaded`).
-
-        Waits while the bus is saturated (backpressure).
+        Waits while the bus is saturated (backpressure). `timeout` is a parameter (not the
+        caller's cancel scope) because only here can "the router never took them" be told apart
+        from "taken, maybe logged".
 
         Raises:
-            Overloaded: the router did not take and log them within `timeout` seconds.
+            Overloaded: not taken and logged within `timeout` seconds (`maybe_published` says
+                whether the router had taken them).
             BusClosed: the bus is shutting down.
             StorageError: the log failed; nothing was acknowledged.
         """
+        start = trio.current_time()
+        answer = await self.submit(events, timeout=timeout)
+        return await wait_published(answer, timeout=timeout - (trio.current_time() - start))
+
+    async def submit(  # noqa: ASYNC109 - see publish
+        self, events: Sequence[Event], *, timeout: float
+    ) -> trio.MemoryReceiveChannel[list[Published] | Exception]:
+        """Hand `events` to the router without waiting for the log; returns where the answer
+        will arrive (pass it to `wait_published`). Lets one connection pipeline its publishes.
+
+        Raises:
+            Overloaded: the router did not take them within `timeout` (they are not published).
+            BusClosed: the bus is shutting down.
+        """
         send, receive = trio.open_memory_channel[list[Published] | Exception](1)
-        taken = False
-        with receive:
-            with trio.move_on_after(timeout) as scope:
-                try:
-                    await self._send.send(Publish(events, trio.current_time(), send))
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    raise BusClosed("the bus is shutting down") from None
-                taken = True
-                result = await receive.receive()
-            if scope.cancelled_caught:
-                if taken:
-                    raise Overloaded(
-                        f"the bus took the events but did not log them within {timeout} s; "
-                        "they may still be published",
-                        maybe_published=True,
-                    )
-                raise Overloaded(f"the bus did not take the events within {timeout} s")
-        if isinstance(result, Exception):
-            raise result
-        return result
+        with trio.move_on_after(timeout):
+            try:
+                await self._send.send(Publish(events, trio.current_time(), send))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                receive.close()
+                raise BusClosed("the bus is shutting down") from None
+            return receive
+        receive.close()
+        raise Overloaded(f"the bus did not take the events within {timeout:g} s")
 
     async def attach(self, conn_id: ConnId, outbox: Outbox, patterns: Sequence[str]) -> int:
         """Register a connection; returns the log's last `seq` at that moment.

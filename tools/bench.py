@@ -1,0 +1,474 @@
+"""ipt_bus benchmarks (docs/performance.md). Run with `nox -s bench` or `python tools/bench.py`.
+
+The server under test runs in its own process pinned to core 0; this load generator pins itself
+to core 1. Its WebSocket receivers do not decode events: they split frames and scan for the
+``"seq":``/``"t":`` markers, so one Python process keeps up with far more than the server sends.
+Every workload reports the load generator's CPU use so a saturated generator is visible.
+
+    python tools/bench.py [--quick] [--only fanout,latency,idle,rest,codec] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+PAD = "x" * 250  # brings a published event to ~400 bytes on the wire
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _raise_nofile() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def server(kind: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to core 0."""
+    if kind == "bus":
+        argv = [sys.executable, "-m", "ipt_bus.cli", "serve", "--port", str(port), "--log-level", "WARNING"]
+    else:
+        argv = [sys.executable, str(ROOT / "tools" / "bare_broadcaster.py"), str(port)]
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", *argv],
+        preexec_fn=_raise_nofile,  # noqa: PLW1509 - the bench is single-threaded here
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{kind} server did not start") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- a minimal WebSocket client ---------------------------------------------------------------
+
+
+class RawWS:
+    """Just enough RFC 6455 for a load generator: zero mask key, frames scanned not decoded."""
+
+    def __init__(self, stream: trio.SocketStream, leftover: bytes) -> None:
+        self.stream = stream
+        self.buf = bytearray(leftover)
+
+    @classmethod
+    async def connect(cls, port: int, path: str) -> RawWS:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await stream.send_all(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError("closed during handshake")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(head.decode(errors="replace"))
+        return cls(stream, rest)
+
+    async def send_text(self, data: bytes) -> None:
+        n = len(data)
+        if n < 126:
+            header = bytes([0x81, 0x80 | n])
+        elif n < 65536:
+            header = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            header = bytes([0x81, 0x80 | 127]) + n.to_bytes(8, "big")
+        await self.stream.send_all(header + b"\0\0\0\0" + data)
+
+    async def messages(self) -> Any:
+        """Yield each message's payload (bytes); ends when the server closes."""
+        buf = self.buf
+        while True:
+            while True:
+                if len(buf) < 2:
+                    break
+                opcode = buf[0] & 0x0F
+                n = buf[1] & 0x7F
+                start = 2
+                if n == 126:
+                    if len(buf) < 4:
+                        break
+                    n = int.from_bytes(buf[2:4], "big")
+                    start = 4
+                elif n == 127:
+                    if len(buf) < 10:
+                        break
+                    n = int.from_bytes(buf[2:10], "big")
+                    start = 10
+                if len(buf) < start + n:
+                    break
+                payload = bytes(buf[start : start + n])
+                del buf[: start + n]
+                if opcode == 0x8:
+                    return
+                if opcode in (0x1, 0x0):
+                    yield payload
+            chunk = await self.stream.receive_some(1 << 20)
+            if not chunk:
+                return
+            buf += chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def event_frame(kind: str, i: int) -> bytes:
+    event = {
+        "type": "bench_event",
+        "topic": "bench.fanout",
+        "payload": {"i": i, "t": time.monotonic_ns(), "pad": PAD},
+        "source": "bench",
+    }
+    if kind == "bare":
+        return orjson.dumps(event)
+    return orjson.dumps({"action": "publish", "ack": False, "event": event})
+
+
+def scan_times(payload: bytes, now: int, out: list[int]) -> None:
+    start = 0
+    while True:
+        at = payload.find(b'"t":', start)
+        if at < 0:
+            return
+        end = payload.find(b",", at)
+        out.append(now - int(payload[at + 4 : end]))
+        start = end
+
+
+# --- workloads --------------------------------------------------------------------------------
+
+
+async def _subscribers(port: int, path: str, n: int) -> list[RawWS]:
+    conns = []
+    for _ in range(n):
+        conns.append(await RawWS.connect(port, path))
+    return conns
+
+
+async def fanout(kind: str, subscribers: int, seconds: float, batch: bool) -> dict[str, Any]:
+    port = free_port()
+    with server(kind, port) as proc:
+        path = "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+        subs = await _subscribers(port, path, subscribers)
+        pub = await RawWS.connect(port, "/ws" if kind == "bare" else "/ws?topics=none")
+        delivered = 0
+        messages = 0
+        gaps = 0
+        counting = False
+
+        async def receive(ws: RawWS) -> None:
+            nonlocal delivered, gaps, messages
+            async for payload in ws.messages():
+                if counting:
+                    messages += 1
+                    delivered += payload.count(b'"seq":') if kind == "bus" else 1
+                    gaps += payload.count(b'"gap"')
+
+        async def publish() -> None:
+            i = 0
+            while True:
+                await pub.send_text(event_frame(kind, i))
+                i += 1
+
+        async with trio.open_nursery() as nursery:
+            for ws in subs:
+                nursery.start_soon(receive, ws)
+            nursery.start_soon(publish)
+            await trio.sleep(1.0)  # warm-up
+            counting = True
+            cpu_server, cpu_self, t0 = cpu_seconds(proc.pid), time.process_time(), time.monotonic()
+            await trio.sleep(seconds)
+            counting = False
+            elapsed = time.monotonic() - t0
+            cpu_server = cpu_seconds(proc.pid) - cpu_server
+            cpu_self = time.process_time() - cpu_self
+            nursery.cancel_scope.cancel()
+        for ws in [*subs, pub]:
+            await ws.aclose()
+    return {
+        "server": kind,
+        "batch": batch,
+        "subscribers": subscribers,
+        "deliveries_per_s": round(delivered / elapsed),
+        "messages_per_s": round(messages / elapsed),
+        "gap_notices": gaps,
+        "server_cpu": round(cpu_server / elapsed, 2),
+        "loadgen_cpu": round(cpu_self / elapsed, 2),
+    }
+
+
+async def latency(kind: str, rate: int, subscribers: int, seconds: float, batch: bool) -> dict[str, Any]:
+    port = free_port()
+    with server(kind, port) as proc:
+        path = "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+        subs = await _subscribers(port, path, subscribers)
+        pub = await RawWS.connect(port, "/ws" if kind == "bare" else "/ws?topics=none")
+        samples: list[int] = []
+        total = int(rate * seconds)
+
+        async def receive(ws: RawWS) -> None:
+            async for payload in ws.messages():
+                scan_times(payload, time.monotonic_ns(), samples)
+
+        async def publish() -> None:
+            start = trio.current_time()
+            for i in range(total):
+                await trio.sleep_until(start + i / rate)
+                await pub.send_text(event_frame(kind, i))
+
+        cpu_server, cpu_self = cpu_seconds(proc.pid), time.process_time()
+        t0 = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for ws in subs:
+                nursery.start_soon(receive, ws)
+            await publish()
+            with trio.move_on_after(3.0):  # grace for stragglers
+                while len(samples) < total * subscribers:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        elapsed = time.monotonic() - t0
+        cpu_server = cpu_seconds(proc.pid) - cpu_server
+        cpu_self = time.process_time() - cpu_self
+        for ws in [*subs, pub]:
+            await ws.aclose()
+    samples.sort()
+    expected = total * subscribers
+
+    def q(p: float) -> float | None:
+        return round(samples[min(len(samples) - 1, int(p * len(samples)))] / 1e6, 2) if samples else None
+
+    return {
+        "server": kind,
+        "batch": batch,
+        "rate": rate,
+        "subscribers": subscribers,
+        "p50_ms": q(0.5),
+        "p99_ms": q(0.99),
+        "max_ms": round(samples[-1] / 1e6, 2) if samples else None,
+        "lost": expected - len(samples),
+        "lost_pct": round(100 * (expected - len(samples)) / expected, 2),
+        "server_cpu": round(cpu_server / elapsed, 2),
+        "loadgen_cpu": round(cpu_self / elapsed, 2),
+    }
+
+
+async def idle_rss(connections: int) -> dict[str, Any]:
+    port = free_port()
+    with server("bus", port) as proc:
+        warm = await _subscribers(port, "/ws", 10)
+        for ws in warm:
+            await ws.aclose()
+        await trio.sleep(0.5)
+        before = rss_bytes(proc.pid)
+        conns = []
+        for _ in range(connections):
+            ws = await RawWS.connect(port, "/ws")
+            async for _payload in ws.messages():
+                break  # the welcome frame
+            conns.append(ws)
+        await trio.sleep(1.0)
+        after = rss_bytes(proc.pid)
+        for ws in conns:
+            await ws.aclose()
+    return {
+        "connections": connections,
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "per_connection_kb": round((after - before) / connections / 1024, 1),
+    }
+
+
+async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
+    port = free_port()
+    events = [
+        {"type": "bench_event", "topic": "bench.rest", "payload": {"i": i, "pad": PAD}} for i in range(batch_size)
+    ]
+    body = orjson.dumps(events if batch_size > 1 else events[0])
+    request = (
+        f"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with server("bus", port) as proc:
+        done = 0
+        errors = 0
+        counting = True
+
+        async def client() -> None:
+            nonlocal done, errors
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            buf = b""
+            while counting:
+                await stream.send_all(request)
+                while True:
+                    head_end = buf.find(b"\r\n\r\n")
+                    if head_end >= 0:
+                        head = buf[:head_end].lower()
+                        at = head.find(b"content-length:")
+                        length = int(head[at + 15 :].split(b"\r\n", 1)[0])
+                        if len(buf) >= head_end + 4 + length:
+                            ok = buf.startswith(b"HTTP/1.1 201")
+                            buf = buf[head_end + 4 + length :]
+                            break
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                if ok:
+                    done += 1
+                else:
+                    errors += 1
+            await stream.aclose()
+
+        cpu_server, cpu_self, t0 = cpu_seconds(proc.pid), time.process_time(), time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(client)
+            await trio.sleep(seconds)
+            counting = False
+        elapsed = time.monotonic() - t0
+        cpu_server = cpu_seconds(proc.pid) - cpu_server
+        cpu_self = time.process_time() - cpu_self
+    return {
+        "events_per_request": batch_size,
+        "clients": clients,
+        "requests_per_s": round(done / elapsed),
+        "events_per_s": round(done * batch_size / elapsed),
+        "errors": errors,
+        "server_cpu": round(cpu_server / elapsed, 2),
+        "loadgen_cpu": round(cpu_self / elapsed, 2),
+    }
+
+
+def codec_micro() -> dict[str, Any]:
+    """orjson vs msgspec on one ~400-byte event (why the codec uses orjson)."""
+    import timeit
+
+    result: dict[str, Any] = {}
+    event = {
+        "type": "task_status_changed",
+        "topic": "task.status",
+        "payload": {"task_id": "task-123", "status": "running", "message": "x" * 250},
+        "timestamp": "2025-09-23T12:00:00Z",
+        "source": "executor",
+    }
+    data = orjson.dumps(event)
+    n = 200_000
+    result["orjson_encode_us"] = round(timeit.timeit(lambda: orjson.dumps(event), number=n) / n * 1e6, 3)
+    result["orjson_decode_us"] = round(timeit.timeit(lambda: orjson.loads(data), number=n) / n * 1e6, 3)
+    try:
+        import msgspec
+    except ImportError:
+        result["msgspec"] = "not installed"
+    else:
+        enc, dec = msgspec.json.encode, msgspec.json.decode
+        result["msgspec_encode_us"] = round(timeit.timeit(lambda: enc(event), number=n) / n * 1e6, 3)
+        result["msgspec_decode_us"] = round(timeit.timeit(lambda: dec(data), number=n) / n * 1e6, 3)
+    from ipt_bus import codec
+
+    result["ipt_bus_decode_event_us"] = round(
+        timeit.timeit(lambda: codec.decode_event(codec.loads(data)), number=n) / n * 1e6, 3
+    )
+    return result
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> None:
+    seconds = 3.0 if quick else 5.0
+    if "fanout" in only:
+        for subs in [int(x) for x in os.environ.get("BENCH_SUBS", "1,100,1000").split(",")]:
+            for kind, batch in (("bare", False), ("bus", False), ("bus", True)):
+                out("fanout", await fanout(kind, subs, seconds, batch))
+    if "latency" in only:
+        for rate in (200, 1000):
+            for kind, batch in (("bare", False), ("bus", False), ("bus", True)):
+                out("latency", await latency(kind, rate, 100, seconds, batch))
+    if "idle" in only:
+        out("idle", await idle_rss(1000 if quick else 5000))
+    if "rest" in only:
+        out("rest", await rest(1, 8, seconds))
+        out("rest", await rest(100, 4, seconds))
+    if "codec" in only:
+        out("codec", codec_micro())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
+    parser.add_argument("--only", default="fanout,latency,idle,rest,codec")
+    parser.add_argument("--json", type=Path, help="also write results here")
+    args = parser.parse_args()
+    _raise_nofile()
+    os.sched_setaffinity(0, {1})
+    results: list[dict[str, Any]] = []
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+
+    def out(workload: str, row: Any) -> None:
+        results.append({"workload": workload, **row})
+        print(json.dumps({"workload": workload, **row}), flush=True)
+
+    trio.run(run, set(args.only.split(",")), args.quick, out)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
