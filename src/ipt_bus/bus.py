@@ -41,8 +41,20 @@ class BusHandle:
     _force: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
+    batch_writers: int = 0  # connections in batch mode: they share the batch message budget
+
     def next_conn_id(self) -> int:
         return next(self._conn_ids)
+
+    def batch_window(self) -> float:
+        """Least time between two messages to one batch-mode connection while it is busy.
+
+        All batch writers together send at most `batch_messages_per_second` messages, so a
+        crowd of subscribers cannot spend the whole core on per-message costs; the window never
+        drops below `batch_linger_seconds`.
+        """
+        cfg = self.config
+        return max(cfg.batch_linger_seconds, self.batch_writers / cfg.batch_messages_per_second)
 
     def shutdown(self) -> None:
         """Begin the orderly stop (idempotent); `run_bus` returns once it is done."""

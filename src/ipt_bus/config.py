@@ -38,7 +38,8 @@ class BusConfig:
     slow_consumer_seconds: float = 10.0  # outbox full this long -> close 4008
     write_deadline_seconds: float = 10.0  # one socket write stuck this long -> abort
     batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
-    batch_linger_seconds: float = 0.05  # batch=1: at most one message per window under load
+    batch_linger_seconds: float = 0.05  # batch=1: least time between messages under load
+    batch_messages_per_second: int = 2_000  # batch=1: all batch connections together
 
     router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)
     publish_timeout_seconds: float = 5.0  # REST 503 / WS `overloaded` past this

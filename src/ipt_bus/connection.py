@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
@@ -96,7 +97,8 @@ class Connection:
     def __attrs_post_init__(self) -> None:
         cfg = self._bus.config
         self.conn_id = self._bus.next_conn_id()
-        self._batch = self._params.batch
+        self._batch = False
+        self._set_batch(self._params.batch)
         self._outbox = Outbox(
             max_events=cfg.outbox_events,
             max_bytes=cfg.outbox_bytes,
@@ -131,6 +133,7 @@ class Connection:
             log.exception("connection %d failed; closing it with 1011", self.conn_id)
             self.close_code = int(CloseCode.INTERNAL_ERROR)
         finally:
+            self._set_batch(False)
             await bus.router.detach(self.conn_id)
         if peer_gone:
             self.close_code = -self.close_code
@@ -140,6 +143,11 @@ class Connection:
                     await self._ws.close(self.close_code)
         bus.stats.record(Closed(self.conn_id, self.close_code))
         return self.close_code
+
+    def _set_batch(self, on: bool) -> None:
+        if on != self._batch:
+            self._bus.batch_writers += 1 if on else -1
+            self._batch = on
 
     async def _watch_shutdown(self) -> None:
         await self._bus.shutting_down.wait()
@@ -189,7 +197,7 @@ class Connection:
                 case Subscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=True)
                     if frame.batch is not None:
-                        self._batch = frame.batch
+                        self._set_batch(frame.batch)
                 case Unsubscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=False)
                 case Ping():
@@ -268,15 +276,15 @@ class Connection:
             await self._ws.send(codec.dumps(self._bus.welcome()).decode())
             if self._params.since is not None:
                 await self._replay(self._params.since, attached_at)
-            linger = self._bus.config.batch_linger_seconds
-            last_send = -linger
+            last_send = -math.inf
             while True:
-                if self._batch and linger > 0:
+                if self._batch:
                     # Under load, wait out the window since the last message so a backlog
                     # builds up and leaves as one message; an idle subscriber is not delayed.
                     await self._outbox.wait_ready()
-                    if trio.current_time() - last_send < linger:
-                        await trio.sleep_until(last_send + linger)
+                    window = self._bus.batch_window()
+                    if trio.current_time() - last_send < window:
+                        await trio.sleep_until(last_send + window)
                     last_send = trio.current_time()
                 taken = await self._outbox.take()
                 frames = taken.replies + taken.events

@@ -39,7 +39,7 @@ class Outbox:
     _events: deque[tuple[str, float]] = attrs.field(factory=deque)
     _bytes: int = 0
     _replies: deque[str] = attrs.field(factory=deque)
-    _wakeup: trio.Event = attrs.field(factory=trio.Event)
+    _waiter: trio.lowlevel.Task | None = None  # the writer, parked until there is work
     _space: trio.Event = attrs.field(factory=trio.Event)
     _gap: tuple[int, int] | None = None
     _full_since: float | None = None
@@ -70,8 +70,26 @@ class Outbox:
             self._push_gap()
         self._events.append((data, accepted_at))
         self._bytes += size
-        self._wakeup.set()
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        # trio's low-level park/reschedule: the cheapest wake-up, paid once per event per
+        # subscriber on the fan-out path (a trio.Event costs a ParkingLot and a new object)
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
+
+    async def _park(self) -> None:
+        assert self._waiter is None, "only the connection's writer takes from its outbox"
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _push_gap(self) -> None:
         assert self._gap is not None
@@ -91,7 +109,7 @@ class Outbox:
         if self.closed_code is None:
             self.closed_code = code
             self._closed.set()
-            self._wakeup.set()
+            self._wake()
             self._space.set()
 
     async def wait_closed(self) -> int:
@@ -107,23 +125,20 @@ class Outbox:
             self._space = trio.Event()
             await self._space.wait()
         self._replies.append(data)
-        self._wakeup.set()
+        self._wake()
 
     def reply_nowait(self, data: str) -> None:
         """Queue a reply regardless of the lane's bound (for the welcome and final frames)."""
         self._replies.append(data)
-        self._wakeup.set()
+        self._wake()
 
     async def wait_ready(self) -> None:
         while not (self._replies or self._events or self._gap) and self.closed_code is None:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            await self._park()
 
     async def take(self) -> Taken:
         """Wait for anything to send and take all of it. Returns nothing once closed."""
-        while not (self._replies or self._events or self._gap) and self.closed_code is None:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+        await self.wait_ready()
         if self._gap is not None:
             self._push_gap()
         replies = list(self._replies)
