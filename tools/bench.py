@@ -62,7 +62,16 @@ def rss_bytes(pid: int) -> int:
 def server(kind: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to core 0."""
     if kind == "bus":
-        argv = [sys.executable, "-m", "ipt_bus.cli", "serve", "--port", str(port), "--log-level", "WARNING"]
+        argv = [
+            sys.executable,
+            "-m",
+            "ipt_bus.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+        ]
     else:
         argv = [sys.executable, str(ROOT / "tools" / "bare_broadcaster.py"), str(port)]
     proc = subprocess.Popen(
@@ -205,7 +214,9 @@ async def _subscribers(port: int, path: str, n: int) -> list[RawWS]:
 async def fanout(kind: str, subscribers: int, seconds: float, batch: bool) -> dict[str, Any]:
     port = free_port()
     with server(kind, port) as proc:
-        path = "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+        path = (
+            "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+        )
         subs = await _subscribers(port, path, subscribers)
         pub = await RawWS.connect(port, "/ws" if kind == "bare" else "/ws?topics=none")
         delivered = 0
@@ -254,10 +265,14 @@ async def fanout(kind: str, subscribers: int, seconds: float, batch: bool) -> di
     }
 
 
-async def latency(kind: str, rate: int, subscribers: int, seconds: float, batch: bool) -> dict[str, Any]:
+async def latency(
+    kind: str, rate: int, subscribers: int, seconds: float, batch: bool
+) -> dict[str, Any]:
     port = free_port()
     with server(kind, port) as proc:
-        path = "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+        path = (
+            "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+        )
         subs = await _subscribers(port, path, subscribers)
         pub = await RawWS.connect(port, "/ws" if kind == "bare" else "/ws?topics=none")
         samples: list[int] = []
@@ -292,7 +307,11 @@ async def latency(kind: str, rate: int, subscribers: int, seconds: float, batch:
     expected = total * subscribers
 
     def q(p: float) -> float | None:
-        return round(samples[min(len(samples) - 1, int(p * len(samples)))] / 1e6, 2) if samples else None
+        return (
+            round(samples[min(len(samples) - 1, int(p * len(samples)))] / 1e6, 2)
+            if samples
+            else None
+        )
 
     return {
         "server": kind,
@@ -338,7 +357,8 @@ async def idle_rss(connections: int) -> dict[str, Any]:
 async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
     port = free_port()
     events = [
-        {"type": "bench_event", "topic": "bench.rest", "payload": {"i": i, "pad": PAD}} for i in range(batch_size)
+        {"type": "bench_event", "topic": "bench.rest", "payload": {"i": i, "pad": PAD}}
+        for i in range(batch_size)
     ]
     body = orjson.dumps(events if batch_size > 1 else events[0])
     request = (
@@ -410,15 +430,21 @@ def codec_micro() -> dict[str, Any]:
     }
     data = orjson.dumps(event)
     n = 200_000
-    result["orjson_encode_us"] = round(timeit.timeit(lambda: orjson.dumps(event), number=n) / n * 1e6, 3)
-    result["orjson_decode_us"] = round(timeit.timeit(lambda: orjson.loads(data), number=n) / n * 1e6, 3)
+    result["orjson_encode_us"] = round(
+        timeit.timeit(lambda: orjson.dumps(event), number=n) / n * 1e6, 3
+    )
+    result["orjson_decode_us"] = round(
+        timeit.timeit(lambda: orjson.loads(data), number=n) / n * 1e6, 3
+    )
     try:
         import msgspec
     except ImportError:
         result["msgspec"] = "not installed"
     else:
         enc, dec = msgspec.json.encode, msgspec.json.decode
-        result["msgspec_encode_us"] = round(timeit.timeit(lambda: enc(event), number=n) / n * 1e6, 3)
+        result["msgspec_encode_us"] = round(
+            timeit.timeit(lambda: enc(event), number=n) / n * 1e6, 3
+        )
         result["msgspec_decode_us"] = round(timeit.timeit(lambda: dec(data), number=n) / n * 1e6, 3)
     from ipt_bus import codec
 
@@ -459,7 +485,9 @@ def main() -> None:
     _raise_nofile()
     os.sched_setaffinity(0, {1})
     results: list[dict[str, Any]] = []
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
 
     def out(workload: str, row: Any) -> None:
         results.append({"workload": workload, **row})

@@ -290,6 +290,10 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
     if "action" not in obj:
         return Publish(event=obj)
     action = obj.pop("action")
+    if action == "publish" and obj.keys() <= _PUBLISH_KEYS:
+        fast = _publish_fast(obj)
+        if fast is not None:
+            return fast
     cls = CLIENT_ACTIONS.get(action) if isinstance(action, str) else None
     if cls is None:
         raise ProtocolError(
@@ -308,6 +312,24 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
             "event",
         )
     return frame
+
+
+_PUBLISH_KEYS: Final = frozenset({"event", "events", "id", "ack"})
+
+
+def _publish_fast(obj: dict[str, Any]) -> Publish | None:
+    """The hot path for well-formed publish frames; None sends it the strict way (errors)."""
+    rid = obj.get("id")
+    ack = obj.get("ack", True)
+    event = obj.get("event")
+    events = obj.get("events")
+    if (
+        (rid is None or type(rid) is str or type(rid) is int)
+        and type(ack) is bool
+        and ((type(event) is dict and events is None) or (event is None and type(events) is list))
+    ):
+        return Publish(event=event, events=events, id=rid, ack=ack)
+    return None
 
 
 def request_id_of(raw: str | bytes) -> RequestId:

@@ -30,7 +30,7 @@ from ipt_bus.errors import (
 from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
 from ipt_bus.model import Published
 from ipt_bus.outbox import Outbox
-from ipt_bus.router import wait_published
+from ipt_bus.router import Answer, wait_published
 from ipt_bus.stats import Closed, Latency, Opened
 from ipt_bus.topics import validate_pattern
 
@@ -47,9 +47,6 @@ class Disconnected(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
-
-
-Answer = trio.MemoryReceiveChannel[list[Published] | Exception]
 
 
 def _ack(frame: Publish, published: list[Published]) -> dict[str, Any]:
@@ -89,8 +86,11 @@ class Connection:
     conn_id: int = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
     _batch: bool = attrs.field(init=False)
-    _in_flight: trio.MemorySendChannel[tuple[Publish, Answer]] = attrs.field(init=False)
-    _in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, Answer]] = attrs.field(init=False)
+    _in_flight: trio.MemorySendChannel[tuple[Publish, int]] = attrs.field(init=False)
+    _in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int]] = attrs.field(init=False)
+    _answers: trio.MemorySendChannel[Answer] = attrs.field(init=False)
+    _answers_rx: trio.MemoryReceiveChannel[Answer] = attrs.field(init=False)
+    _token: int = 0
     _last_sample: float = -1.0
     close_code: int = int(CloseCode.GOING_AWAY)
 
@@ -105,8 +105,14 @@ class Connection:
             max_replies=cfg.reply_queue_frames,
             slow_consumer_seconds=cfg.slow_consumer_seconds,
         )
-        self._in_flight, self._in_flight_rx = trio.open_memory_channel[tuple[Publish, Answer]](
+        # A publish is in flight from `submit` until `_acker` has its answer: at most
+        # `publishes_in_flight` queued, one with the acker and one with the reader. The answers
+        # channel holds twice that, so the router's `send_nowait` of an answer never fails.
+        self._in_flight, self._in_flight_rx = trio.open_memory_channel[tuple[Publish, int]](
             cfg.publishes_in_flight
+        )
+        self._answers, self._answers_rx = trio.open_memory_channel[Answer](
+            2 * cfg.publishes_in_flight + 4
         )
 
     async def run(self) -> int:
@@ -228,15 +234,18 @@ class Connection:
                 codec.decode_event(e, f"events[{i}]", max_bytes=cfg.max_event_bytes)
                 for i, e in enumerate(frame.events)
             ]
-        answer = await self._bus.router.submit(events, timeout=cfg.publish_timeout_seconds)
+        self._token += 1
+        await self._bus.router.submit(
+            events, reply=self._answers, token=self._token, timeout=cfg.publish_timeout_seconds
+        )
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
-        await self._in_flight.send((frame, answer))
+        await self._in_flight.send((frame, self._token))
 
     async def _acker(self) -> None:
         timeout = self._bus.config.publish_timeout_seconds
-        async for frame, answer in self._in_flight_rx:
+        async for frame, token in self._in_flight_rx:
             try:
-                published = await wait_published(answer, timeout=timeout)
+                published = await self._answer_for(token, timeout)
             except Overloaded as exc:
                 await self._error(frame.id, ProtocolError(ErrorCode.OVERLOADED, str(exc)))
             except StorageError as exc:
@@ -247,6 +256,16 @@ class Connection:
                 if frame.ack:
                     await self._reply(_ack(frame, published))
 
+    async def _answer_for(self, token: int, timeout: float) -> list[Published]:
+        while True:  # the answer is often there already: no timer needed then
+            try:
+                got, result = self._answers_rx.receive_nowait()
+            except trio.WouldBlock:
+                return await wait_published(self._answers_rx, token, timeout=timeout)
+            if got == token:
+                if isinstance(result, Exception):
+                    raise result
+                return result
 
     async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
         if not topics:

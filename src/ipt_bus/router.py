@@ -28,6 +28,8 @@ from ipt_bus.storage.base import EventLog, Record
 from ipt_bus.topics import TopicIndex
 
 ConnId = int
+Answer = tuple[int, "list[Published] | Exception"]
+"""(token of the `Publish`, where its events went or why they were not logged)."""
 T = TypeVar("T")
 
 
@@ -35,7 +37,8 @@ T = TypeVar("T")
 class Publish:
     events: Sequence[Event]
     accepted_at: float
-    reply: trio.MemorySendChannel[list[Published] | Exception]
+    reply: trio.MemorySendChannel[Answer]
+    token: int = 0  # echoed in the answer, so one channel can carry many answers
 
 
 @attrs.frozen
@@ -125,14 +128,14 @@ class Router:
             records = await self._log.append(events)
         except StorageError as exc:
             for p in batch:
-                _answer(p.reply, exc)
+                _answer(p.reply, (p.token, exc))
             return following
         offset = 0
         for p in batch:
             n = len(p.events)
             mine = records[offset : offset + n]
             offset += n
-            _answer(p.reply, [Published(r.event.id or "", r.seq) for r in mine])
+            _answer(p.reply, (p.token, [Published(r.event.id or "", r.seq) for r in mine]))
         self._fan_out(records, batch)
         return following
 
@@ -221,18 +224,23 @@ class RouterStatistics:
 
 
 async def wait_published(  # noqa: ASYNC109 - see RouterHandle.publish
-    answer: trio.MemoryReceiveChannel[list[Published] | Exception], *, timeout: float
+    answers: trio.MemoryReceiveChannel[Answer], token: int, *, timeout: float
 ) -> list[Published]:
-    """Wait for the answer to a `RouterHandle.submit`; raises what `publish` raises."""
-    with answer:
-        with trio.move_on_after(max(timeout, 0)):
+    """Wait for the answer tagged `token`; raises what `RouterHandle.publish` raises.
+
+    Answers with older tokens (late answers to publishes that already timed out) are skipped.
+    """
+    with trio.move_on_after(max(timeout, 0)):
+        while True:
             try:
-                result = await answer.receive()
+                got, result = await answers.receive()
             except trio.EndOfChannel:
                 raise BusClosed("the bus stopped before logging the events") from None
-            if isinstance(result, Exception):
-                raise result
-            return result
+            if got == token:
+                break
+        if isinstance(result, Exception):
+            raise result
+        return result
     raise Overloaded(
         f"the bus took the events but did not log them within {timeout:g} s; "
         "they may still be published",
@@ -268,28 +276,41 @@ class RouterHandle:
             StorageError: the log failed; nothing was acknowledged.
         """
         start = trio.current_time()
-        answer = await self.submit(events, timeout=timeout)
-        return await wait_published(answer, timeout=timeout - (trio.current_time() - start))
+        send, receive = trio.open_memory_channel[Answer](1)
+        with receive:
+            await self.submit(events, reply=send, timeout=timeout)
+            remaining = timeout - (trio.current_time() - start)
+            return await wait_published(receive, 0, timeout=remaining)
 
     async def submit(  # noqa: ASYNC109 - see publish
-        self, events: Sequence[Event], *, timeout: float
-    ) -> trio.MemoryReceiveChannel[list[Published] | Exception]:
-        """Hand `events` to the router without waiting for the log; returns where the answer
-        will arrive (pass it to `wait_published`). Lets one connection pipeline its publishes.
+        self,
+        events: Sequence[Event],
+        *,
+        reply: trio.MemorySendChannel[Answer],
+        token: int = 0,
+        timeout: float,
+    ) -> None:
+        """Hand `events` to the router without waiting for the log; the answer arrives on
+        `reply` tagged with `token` (see `wait_published`). Lets a connection pipeline.
 
         Raises:
             Overloaded: the router did not take them within `timeout` (they are not published).
             BusClosed: the bus is shutting down.
         """
-        send, receive = trio.open_memory_channel[list[Published] | Exception](1)
+        command = Publish(events, trio.current_time(), reply, token)
+        try:
+            self._send.send_nowait(command)  # the common case: no timer needed
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise BusClosed("the bus is shutting down") from None
         with trio.move_on_after(timeout):
             try:
-                await self._send.send(Publish(events, trio.current_time(), send))
+                await self._send.send(command)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
-                receive.close()
                 raise BusClosed("the bus is shutting down") from None
-            return receive
-        receive.close()
+            return
         raise Overloaded(f"the bus did not take the events within {timeout:g} s")
 
     async def attach(self, conn_id: ConnId, outbox: Outbox, patterns: Sequence[str]) -> int:
