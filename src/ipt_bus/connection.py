@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -28,11 +28,13 @@ from ipt_bus.errors import (
     StorageError,
 )
 from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
-from ipt_bus.model import Published
 from ipt_bus.outbox import Outbox
 from ipt_bus.router import Answer, wait_published
 from ipt_bus.stats import Closed, Latency, Opened
 from ipt_bus.topics import validate_pattern
+
+if TYPE_CHECKING:
+    from ipt_bus.model import Published
 
 log = logging.getLogger("ipt_bus.connection")
 

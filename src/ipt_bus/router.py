@@ -223,7 +223,7 @@ class RouterStatistics:
     connections: int
 
 
-async def wait_published(  # noqa: ASYNC109 - see RouterHandle.publish
+async def wait_published(
     answers: trio.MemoryReceiveChannel[Answer], token: int, *, timeout: float
 ) -> list[Published]:
     """Wait for the answer tagged `token`; raises what `RouterHandle.publish` raises.
@@ -262,7 +262,7 @@ class RouterHandle:
     _send: trio.MemorySendChannel[RouterCommand]
     _router: Router
 
-    async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:  # noqa: ASYNC109
+    async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:
         """Append `events` to the log and fan them out; returns where each went, in order.
 
         Waits while the bus is saturated (backpressure). `timeout` is a parameter (not the
@@ -282,7 +282,7 @@ class RouterHandle:
             remaining = timeout - (trio.current_time() - start)
             return await wait_published(receive, 0, timeout=remaining)
 
-    async def submit(  # noqa: ASYNC109 - see publish
+    async def submit(
         self,
         events: Sequence[Event],
         *,

@@ -18,7 +18,7 @@ def test_installed_by_create_app_and_version_is_checked() -> None:
 
 
 def test_the_replaced_method_still_has_the_shape_we_rely_on() -> None:
-    source = inspect.getsource(_hypercorn._original_protocol_send)  # noqa: SLF001
+    source = inspect.getsource(_hypercorn._original_protocol_send)
     # hypercorn shields the socket write with no deadline: the reason for the adjustment
     assert "shield = True" in source
     assert "send_all" in source
