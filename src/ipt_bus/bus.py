@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from ipt_bus.config import BusConfig
+from ipt_bus.errors import CloseCode
 from ipt_bus.router import RouterHandle, start_router
 from ipt_bus.stats import StatsHandle, start_stats
 from ipt_bus.storage.base import EventLog
@@ -113,6 +114,7 @@ async def run_bus(
             )
             task_status.started(handle)
             await handle.shutting_down.wait()
+            await router.close_all(CloseCode.GOING_AWAY)
             with handle._force, trio.move_on_after(config.shutdown_grace_seconds):
                 # connections see `shutting_down`, close with 1001 and detach
                 await router.wait_idle()

@@ -72,6 +72,38 @@ class WebSocketLike(Protocol):
     async def close(self, code: int) -> None: ...
 
 
+@attrs.define
+class _Pipeline:
+    """A connection's publishes between `submit` and their ack.
+
+    At most `publishes_in_flight` wait in `in_flight`, one is with the acker and one with the
+    reader; `answers` holds twice that, so the router's `send_nowait` of an answer never fails.
+    """
+
+    in_flight: trio.MemorySendChannel[tuple[Publish, int]]
+    in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int]]
+    answers: trio.MemorySendChannel[Answer]
+    answers_rx: trio.MemoryReceiveChannel[Answer]
+    token: int = 0
+
+    @classmethod
+    def open(cls, size: int) -> _Pipeline:
+        in_flight, in_flight_rx = trio.open_memory_channel[tuple[Publish, int]](size)
+        answers, answers_rx = trio.open_memory_channel[Answer](2 * size + 4)
+        return cls(in_flight, in_flight_rx, answers, answers_rx)
+
+    async def answer_for(self, token: int, timeout: float) -> list[Published]:
+        while True:  # the answer is often there already: no timer needed then
+            try:
+                got, result = self.answers_rx.receive_nowait()
+            except trio.WouldBlock:
+                return await wait_published(self.answers_rx, token, timeout=timeout)
+            if got == token:
+                if isinstance(result, Exception):
+                    raise result
+                return result
+
+
 @attrs.frozen
 class ConnectParams:
     patterns: Sequence[str] = ("**",)
@@ -88,11 +120,8 @@ class Connection:
     conn_id: int = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
     _batch: bool = attrs.field(init=False)
-    _in_flight: trio.MemorySendChannel[tuple[Publish, int]] = attrs.field(init=False)
-    _in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int]] = attrs.field(init=False)
-    _answers: trio.MemorySendChannel[Answer] = attrs.field(init=False)
-    _answers_rx: trio.MemoryReceiveChannel[Answer] = attrs.field(init=False)
-    _token: int = 0
+    _pipeline: _Pipeline | None = None  # made on the first publish: most subscribers never do
+    _nursery: trio.Nursery | None = None
     _last_sample: float = -1.0
     close_code: int = int(CloseCode.GOING_AWAY)
 
@@ -107,15 +136,6 @@ class Connection:
             max_replies=cfg.reply_queue_frames,
             slow_consumer_seconds=cfg.slow_consumer_seconds,
         )
-        # A publish is in flight from `submit` until `_acker` has its answer: at most
-        # `publishes_in_flight` queued, one with the acker and one with the reader. The answers
-        # channel holds twice that, so the router's `send_nowait` of an answer never fails.
-        self._in_flight, self._in_flight_rx = trio.open_memory_channel[tuple[Publish, int]](
-            cfg.publishes_in_flight
-        )
-        self._answers, self._answers_rx = trio.open_memory_channel[Answer](
-            2 * cfg.publishes_in_flight + 4
-        )
 
     async def run(self) -> int:
         """Serve the connection until either side closes it; returns the close code.
@@ -128,10 +148,9 @@ class Connection:
         try:
             last = await bus.router.attach(self.conn_id, self._outbox, self._params.patterns)
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._acker)
                 nursery.start_soon(self._writer, last)
-                nursery.start_soon(self._watch_shutdown)
                 self.close_code = await self._outbox.wait_closed()
                 nursery.cancel_scope.cancel()
             peer_gone = self.close_code < 0
@@ -156,10 +175,6 @@ class Connection:
         if on != self._batch:
             self._bus.batch_writers += 1 if on else -1
             self._batch = on
-
-    async def _watch_shutdown(self) -> None:
-        await self._bus.shutting_down.wait()
-        self._outbox.close(int(CloseCode.GOING_AWAY))
 
     # --- reading ---
 
@@ -236,18 +251,26 @@ class Connection:
                 codec.decode_event(e, f"events[{i}]", max_bytes=cfg.max_event_bytes)
                 for i, e in enumerate(frame.events)
             ]
-        self._token += 1
+        pipeline = self._pipeline
+        if pipeline is None:
+            pipeline = self._pipeline = _Pipeline.open(cfg.publishes_in_flight)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._acker, pipeline)
+        pipeline.token += 1
         await self._bus.router.submit(
-            events, reply=self._answers, token=self._token, timeout=cfg.publish_timeout_seconds
+            events,
+            reply=pipeline.answers,
+            token=pipeline.token,
+            timeout=cfg.publish_timeout_seconds,
         )
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
-        await self._in_flight.send((frame, self._token))
+        await pipeline.in_flight.send((frame, pipeline.token))
 
-    async def _acker(self) -> None:
+    async def _acker(self, pipeline: _Pipeline) -> None:
         timeout = self._bus.config.publish_timeout_seconds
-        async for frame, token in self._in_flight_rx:
+        async for frame, token in pipeline.in_flight_rx:
             try:
-                published = await self._answer_for(token, timeout)
+                published = await pipeline.answer_for(token, timeout)
             except Overloaded as exc:
                 await self._error(frame.id, ProtocolError(ErrorCode.OVERLOADED, str(exc)))
             except StorageError as exc:
@@ -257,17 +280,6 @@ class Connection:
             else:
                 if frame.ack:
                     await self._reply(_ack(frame, published))
-
-    async def _answer_for(self, token: int, timeout: float) -> list[Published]:
-        while True:  # the answer is often there already: no timer needed then
-            try:
-                got, result = self._answers_rx.receive_nowait()
-            except trio.WouldBlock:
-                return await wait_published(self._answers_rx, token, timeout=timeout)
-            if got == token:
-                if isinstance(result, Exception):
-                    raise result
-                return result
 
     async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
         if not topics:

@@ -62,7 +62,14 @@ class Detach:
     conn_id: ConnId
 
 
-RouterCommand = Publish | Attach | Subscribe | Detach
+@attrs.frozen
+class CloseAll:
+    """Close every outbox with `code`, and any attached later (shutdown)."""
+
+    code: int
+
+
+RouterCommand = Publish | Attach | Subscribe | Detach | CloseAll
 
 MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
 
@@ -76,6 +83,7 @@ class Router:
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _idle: trio.Event = attrs.field(factory=trio.Event)  # set while no connection is attached
+    _closing: int | None = None  # CloseAll code: connections attaching now are closed at once
 
     async def run(
         self,
@@ -103,6 +111,10 @@ class Router:
                         self._on_subscribe(command)
                     case Detach():
                         self._on_detach(command)
+                    case CloseAll(code=code):
+                        self._closing = code
+                        for outbox in self._outboxes.values():
+                            outbox.close(code)
                     case _:
                         assert_never(command)
 
@@ -173,6 +185,8 @@ class Router:
             del self._outboxes[command.conn_id]
             _answer(command.reply, exc)
             return
+        if self._closing is not None:
+            command.outbox.close(self._closing)
         _answer(command.reply, self._log.last_seq)
 
     def _add(self, conn_id: ConnId, patterns: Sequence[str]) -> None:
@@ -361,6 +375,11 @@ class RouterHandle:
             scope.shield = True
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._send.send(Detach(conn_id))
+
+    async def close_all(self, code: int) -> None:
+        """Ask every connection, present and attaching later, to close with `code`."""
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._send.send(CloseAll(code))
 
     def close(self) -> None:
         """Stop the router once it has handled what it was sent."""

@@ -1,0 +1,94 @@
+"""The examples in docs/ run as written against a real server."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from ipt_bus.server import Server
+from tests.conftest import recv, running_server, send, ws
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def blocks(name: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", (DOCS / name).read_text(), re.DOTALL)
+
+
+def shape(value: Any) -> Any:
+    """What must match between a documented answer and a real one: keys and fixed values."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items() if k not in ("message",)}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    if isinstance(value, str) and "…" in value:
+        return "<any>"
+    return value
+
+
+def same_shape(documented: Any, real: Any) -> bool:
+    if documented == "<any>":
+        return True
+    if isinstance(documented, dict):
+        return (
+            isinstance(real, dict)
+            and documented.keys() == {k for k in real if k != "message"}
+            and all(same_shape(v, real[k]) for k, v in documented.items())
+        )
+    if isinstance(documented, list):
+        return (
+            isinstance(real, list)
+            and len(documented) == len(real)
+            and all(same_shape(d, r) for d, r in zip(documented, real, strict=True))
+        )
+    return bool(documented == real)
+
+
+async def test_protocol_md_exchange_replays() -> None:
+    (exchange,) = [b for b in blocks("protocol.md", "text") if b.startswith("> ")]
+    lines = exchange.strip().splitlines()
+    async with running_server() as server, ws(server, "topics=task.status") as conn:
+        for sent, answer in zip(lines[::2], lines[1::2], strict=True):
+            assert sent.startswith("> ") and answer.startswith("< ")
+            await send(conn, orjson.loads(sent[2:]))
+            real = await recv(conn)
+            documented = shape(orjson.loads(answer[2:]))
+            assert same_shape(documented, real), (documented, real)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_rest_md_commands_run() -> None:
+    commands = [line for block in blocks("rest.md", "sh") for line in block.strip().splitlines()]
+    assert len(commands) >= 7
+    async with running_server() as server:
+        for command in commands:
+            argv = [_local(server, arg) for arg in shlex.split(command)]
+            with trio.fail_after(20):
+                result = await trio.run_process(argv, capture_stdout=True, check=True)
+            body = orjson.loads(result.stdout)
+            assert "error" not in body, (command, body)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_readme_tour_runs() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    (tour,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL) if "curl" in b]
+    commands = [c.strip() for c in re.sub(r"\\\n\s*", " ", tour).splitlines()]
+    commands = [c for c in commands if c.startswith("curl")]
+    async with running_server() as server:
+        for command in commands:
+            argv = [_local(server, arg) for arg in shlex.split(command.split("#")[0])]
+            with trio.fail_after(20):
+                result = await trio.run_process(argv, capture_stdout=True, check=True)
+            assert "error" not in orjson.loads(result.stdout)
+
+
+def _local(server: Server, arg: str) -> str:
+    return arg.replace("http://127.0.0.1:8765", server.url)
