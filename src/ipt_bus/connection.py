@@ -210,13 +210,15 @@ class Connection:
         except ProtocolError as exc:
             await self._error(codec.request_id_of(message), exc)
             return
-        await self._dispatch(frame)
+        # a frame that cannot hold an event over the limit spares measuring each event
+        small = len(message) * 4 <= self._bus.config.max_event_bytes
+        await self._dispatch(frame, small=small)
 
-    async def _dispatch(self, frame: ClientFrame) -> None:
+    async def _dispatch(self, frame: ClientFrame, *, small: bool) -> None:
         try:
             match frame:
                 case Publish():
-                    await self._publish(frame)
+                    await self._publish(frame, small=small)
                 case Subscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=True)
                     if frame.batch is not None:
@@ -234,10 +236,11 @@ class Connection:
         except BusClosed as exc:
             await self._error(frame.id, ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc)))
 
-    async def _publish(self, frame: Publish) -> None:
+    async def _publish(self, frame: Publish, *, small: bool) -> None:
         cfg = self._bus.config
+        max_bytes = None if small else cfg.max_event_bytes
         if frame.event is not None:
-            events = [codec.decode_event(frame.event, "event", max_bytes=cfg.max_event_bytes)]
+            events = [codec.decode_event(frame.event, "event", max_bytes=max_bytes)]
         else:
             assert frame.events is not None
             if not frame.events:
@@ -248,7 +251,7 @@ class Connection:
                     "events",
                 )
             events = [
-                codec.decode_event(e, f"events[{i}]", max_bytes=cfg.max_event_bytes)
+                codec.decode_event(e, f"events[{i}]", max_bytes=max_bytes)
                 for i, e in enumerate(frame.events)
             ]
         pipeline = self._pipeline

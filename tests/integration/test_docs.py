@@ -6,14 +6,16 @@ import re
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 import trio
 
-from ipt_bus.server import Server
 from tests.conftest import recv, running_server, send, ws
+
+if TYPE_CHECKING:
+    from ipt_bus.server import Server
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -56,7 +58,8 @@ async def test_protocol_md_exchange_replays() -> None:
     lines = exchange.strip().splitlines()
     async with running_server() as server, ws(server, "topics=task.status") as conn:
         for sent, answer in zip(lines[::2], lines[1::2], strict=True):
-            assert sent.startswith("> ") and answer.startswith("< ")
+            assert sent.startswith("> ")
+            assert answer.startswith("< ")
             await send(conn, orjson.loads(sent[2:]))
             real = await recv(conn)
             documented = shape(orjson.loads(answer[2:]))

