@@ -20,12 +20,12 @@ from ipt_bus import codec
 from ipt_bus.bus import BusHandle
 from ipt_bus.errors import (
     BusClosed,
+    BusError,
     CloseCode,
     ErrorCode,
     LimitExceeded,
-    Overloaded,
     ProtocolError,
-    StorageError,
+    as_protocol_error,
 )
 from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
 from ipt_bus.outbox import Outbox
@@ -227,14 +227,8 @@ class Connection:
                     await self._subscribe(frame.id, frame.topics, subscribe=False)
                 case Ping():
                     await self._reply({"action": "pong", "id": frame.id})
-        except ProtocolError as exc:
-            await self._error(frame.id, exc)
-        except Overloaded as exc:
-            await self._error(frame.id, ProtocolError(ErrorCode.OVERLOADED, str(exc)))
-        except StorageError as exc:
-            await self._error(frame.id, ProtocolError(ErrorCode.INTERNAL, f"storage: {exc}"))
-        except BusClosed as exc:
-            await self._error(frame.id, ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc)))
+        except BusError as exc:
+            await self._error(frame.id, as_protocol_error(exc))
 
     async def _publish(self, frame: Publish, *, small: bool) -> None:
         cfg = self._bus.config
@@ -274,12 +268,8 @@ class Connection:
         async for frame, token in pipeline.in_flight_rx:
             try:
                 published = await pipeline.answer_for(token, timeout)
-            except Overloaded as exc:
-                await self._error(frame.id, ProtocolError(ErrorCode.OVERLOADED, str(exc)))
-            except StorageError as exc:
-                await self._error(frame.id, ProtocolError(ErrorCode.INTERNAL, f"storage: {exc}"))
-            except BusClosed as exc:
-                await self._error(frame.id, ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc)))
+            except BusError as exc:
+                await self._error(frame.id, as_protocol_error(exc))
             else:
                 if frame.ack:
                     await self._reply(_ack(frame, published))

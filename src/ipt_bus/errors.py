@@ -127,6 +127,17 @@ class CursorExpired(BusError):
         self.oldest = oldest
 
 
+def as_protocol_error(exc: BusError) -> ProtocolError:
+    """What a client is told of `exc`: its own `ProtocolError`, or one with the matching code."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, Overloaded):
+        return ProtocolError(ErrorCode.OVERLOADED, str(exc))
+    if isinstance(exc, BusClosed):
+        return ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc))
+    return ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
 HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
