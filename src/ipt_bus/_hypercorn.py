@@ -3,26 +3,49 @@
 Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
 `tests/integration/test_hypercorn_patch.py` fails if an upgrade breaks an assumption.
 
-Write deadline: hypercorn sends every byte inside a *shielded* cancel scope with no deadline,
-so a peer that stops reading pins the sending task forever and nothing (not even shutdown) can
-free it. Here the shielded send gets a deadline; when it passes, the socket is aborted and the
-connection is treated as closed, which is what RFC 6455 allows for a peer that does not read.
+- Write deadline: hypercorn sends every byte inside a *shielded* cancel scope with no deadline,
+  so a peer that stops reading pins the sending task forever and nothing (not even shutdown) can
+  free it. Here the shielded send gets a deadline; when it passes, the socket is aborted and the
+  connection is treated as closed, which RFC 6455 allows for a peer that does not read.
+- No permessage-deflate: hypercorn always accepts it and wsproto inflates with no cap (32 small
+  uploads took a server to 4.3 GB, RELIABILITY.md E2). The extension is not negotiated; wsproto
+  then fails any compressed (RSV1) frame as a protocol error.
+- Bounded message buffer: hypercorn appends a fragment first and checks the size after, and keeps
+  appending after it closed with 1009 (8 x 64 MiB held 566 MB). Here the size is checked before
+  appending, so nothing past the limit is ever held.
+- Pings that stop with the connection: hypercorn's ping task sleeps the whole ping interval
+  before it looks at whether the connection closed, so every closed WebSocket kept its task
+  group, and with it its socket, alive for up to the interval (25 s), and shutdown waited for
+  them. Here the ping task waits on a close event, with the interval as its timeout.
+- Message deadline: a message must be complete within `message_deadline_seconds` of its first
+  fragment, checked as fragments arrive, so a peer trickling a frame is cut off (hypercorn has
+  no such bound; ASGI cannot see fragments). It is closed like an oversized message, with 1009.
 """
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import version
+from io import BytesIO, StringIO
 from typing import Any, Final
 
 import trio
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.ws_stream import FrameTooLargeError, Handshake, WebsocketBuffer, WSStream
 from hypercorn.trio.tcp_server import TCPServer
+from wsproto.events import Ping, TextMessage
 
 CHECKED_VERSIONS: Final = ("0.17", "0.18")
 WRITE_DEADLINE_ATTR: Final = "ipt_bus_write_deadline_seconds"
 DEFAULT_WRITE_DEADLINE_SECONDS: Final = 10.0  # when the hypercorn Config does not say
 
+DEFAULT_MESSAGE_DEADLINE_SECONDS: Final = 30.0
+
 _original_protocol_send: Any = TCPServer.protocol_send
+_original_accept: Any = Handshake.accept
+_original_handle: Any = WSStream.handle
+_original_app_send: Any = WSStream.app_send
+_message_deadline_seconds = DEFAULT_MESSAGE_DEADLINE_SECONDS
 
 
 async def _protocol_send(self: TCPServer, event: Any) -> None:
@@ -43,16 +66,78 @@ async def _protocol_send(self: TCPServer, event: Any) -> None:
             await self.protocol.handle(Closed())
 
 
-def install() -> None:
-    """Apply the adjustments (idempotent). Raises if hypercorn is a version not checked."""
+def _accept_without_extensions(self: Handshake, *args: Any, **kwargs: Any) -> Any:
+    self.extensions = None  # as if the client offered none: permessage-deflate is refused
+    return _original_accept(self, *args, **kwargs)
+
+
+def _extend(self: WebsocketBuffer, event: Any) -> None:
+    data = event.data
+    if self.value is None:
+        self.value = StringIO() if isinstance(event, TextMessage) else BytesIO()
+        self.ipt_bus_started = time.monotonic()  # type: ignore[attr-defined]  # our field
+    elif time.monotonic() - self.ipt_bus_started > _message_deadline_seconds:  # type: ignore[attr-defined]
+        raise FrameTooLargeError()
+    if self.length + len(data) > self.max_length:
+        raise FrameTooLargeError()  # before writing: nothing past the limit is held
+    self.length += self.value.write(data)
+
+
+def _closed_event(stream: WSStream) -> trio.Event:
+    event: trio.Event | None = getattr(stream, "ipt_bus_closed", None)
+    if event is None:
+        event = trio.Event()
+        stream.ipt_bus_closed = event  # type: ignore[attr-defined]  # our field
+    return event
+
+
+async def _handle(self: WSStream, event: Any) -> None:
+    await _original_handle(self, event)
+    if self.closed:
+        _closed_event(self).set()
+
+
+async def _app_send(self: WSStream, message: Any) -> None:
+    await _original_app_send(self, message)
+    if self.closed:
+        _closed_event(self).set()
+
+
+async def _send_pings(self: WSStream) -> None:
+    closed = _closed_event(self)
+    interval = self.config.websocket_ping_interval
+    assert interval is not None  # hypercorn starts this task only when it is set
+    while not self.closed:
+        await self._send_wsproto_event(Ping())
+        with trio.move_on_after(interval):
+            await closed.wait()
+
+
+def install(*, message_deadline_seconds: float = DEFAULT_MESSAGE_DEADLINE_SECONDS) -> None:
+    """Apply the adjustments (idempotent). Raises if hypercorn is a version not checked.
+
+    `message_deadline_seconds` applies process-wide (hypercorn's buffer has no config).
+    """
+    global _message_deadline_seconds
     installed = version("hypercorn")
     if not installed.startswith(CHECKED_VERSIONS):
         raise RuntimeError(
             f"ipt_bus adjusts hypercorn internals checked against {CHECKED_VERSIONS}; "
             f"found hypercorn {installed}"
         )
-    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]  # the adjustment
+    _message_deadline_seconds = message_deadline_seconds
+    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
+    Handshake.accept = _accept_without_extensions  # type: ignore[method-assign]
+    WebsocketBuffer.extend = _extend  # type: ignore[method-assign]
+    WSStream.handle = _handle  # type: ignore[method-assign]
+    WSStream.app_send = _app_send  # type: ignore[method-assign]
+    WSStream._send_pings = _send_pings  # type: ignore[method-assign]
 
 
 def is_installed() -> bool:
-    return TCPServer.protocol_send is _protocol_send
+    return (
+        TCPServer.protocol_send is _protocol_send
+        and Handshake.accept is _accept_without_extensions
+        and WebsocketBuffer.extend is _extend
+        and WSStream._send_pings is _send_pings
+    )

@@ -43,6 +43,7 @@ class BusHandle:
     _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     batch_writers: int = 0  # connections in batch mode: they share the batch message budget
+    websockets: int = 0  # accepted WebSocket connections, counted at the edge (the cap)
 
     def next_conn_id(self) -> int:
         return next(self._conn_ids)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ipt_bus.bus import __version__
-from ipt_bus.config import DEFAULT_PORT, BusConfig
+from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_origins
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:
@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--buffer-size", type=int, default=None, help="events the memory log keeps (10000)"
     )
+    s.add_argument(
+        "--max-connections", type=int, default=None, help="WebSocket connections (10000)"
+    )
+    s.add_argument(
+        "--allowed-origins",
+        default=None,
+        help="comma-separated browser Origins allowed on /ws (default: any)",
+    )
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -40,8 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        origins = None if args.allowed_origins is None else parse_origins(args.allowed_origins)
         config = BusConfig.from_env(
-            host=args.host, port=args.port, storage=args.storage, buffer_size=args.buffer_size
+            host=args.host,
+            port=args.port,
+            storage=args.storage,
+            buffer_size=args.buffer_size,
+            max_connections=args.max_connections,
+            allowed_origins=origins,
         )
     except (ValueError, TypeError) as exc:
         print(f"ipt-bus: {exc}", file=sys.stderr)

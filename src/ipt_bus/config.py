@@ -37,6 +37,12 @@ class BusConfig:
     reply_queue_frames: int = 64  # acks/errors waiting for a connection's writer
     slow_consumer_seconds: float = 10.0  # outbox full this long -> close 4008
     write_deadline_seconds: float = 10.0  # one socket write stuck this long -> abort
+    message_deadline_seconds: float = 30.0  # a WS message must be complete this long after it began
+    ping_interval_seconds: float | None = 25.0  # WebSocket protocol pings (keep bytes in flight)
+    tcp_user_timeout_seconds: float = 45.0  # kernel aborts a peer that stops acknowledging
+    max_connections: int = 10_000  # WebSocket connections; more are refused with 503
+    allowed_origins: tuple[str, ...] | None = None  # None: any Origin (or none) is accepted
+    body_timeout_seconds: float = 10.0  # a REST request body must arrive within this
     batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
     batch_linger_seconds: float = 0.05  # batch=1: least time between messages under load
     batch_messages_per_second: int = 2_000  # batch=1: all batch connections together
@@ -63,6 +69,7 @@ class BusConfig:
             "router_inbox",
             "max_query_limit",
             "default_query_limit",
+            "max_connections",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -92,5 +99,14 @@ class BusConfig:
             values["port"] = int(env["IPT_BUS_PORT"])
         if "IPT_BUS_BUFFER_SIZE" in env:
             values["buffer_size"] = int(env["IPT_BUS_BUFFER_SIZE"])
+        if "IPT_BUS_MAX_CONNECTIONS" in env:
+            values["max_connections"] = int(env["IPT_BUS_MAX_CONNECTIONS"])
+        if "IPT_BUS_ALLOWED_ORIGINS" in env:
+            values["allowed_origins"] = parse_origins(env["IPT_BUS_ALLOWED_ORIGINS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]  # keys are checked by attrs at runtime
+
+
+def parse_origins(raw: str) -> tuple[str, ...]:
+    """``https://a.example, https://b.example`` -> the origins, without trailing slashes."""
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())

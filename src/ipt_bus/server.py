@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from functools import partial
 from typing import TYPE_CHECKING, final
 
@@ -47,12 +48,38 @@ class Server:
         self.bus.shutdown()
 
 
-def hypercorn_config(config: BusConfig) -> HypercornConfig:
-    _hypercorn.install()
+def listening_socket(config: BusConfig) -> socket.socket:
+    """The listening socket, bound, with the kernel's dead-peer detection switched on.
+
+    Accepted sockets inherit SO_KEEPALIVE and TCP_USER_TIMEOUT on Linux: with protocol pings
+    keeping bytes in flight, the kernel aborts a peer that stops acknowledging them.
+    """
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            timeout_ms = int(config.tcp_user_timeout_seconds * 1000)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.bind((config.host, config.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(config: BusConfig, sock: socket.socket) -> HypercornConfig:
+    """hypercorn settings for `config`, serving on `sock` (hypercorn takes it over)."""
+    _hypercorn.install(message_deadline_seconds=config.message_deadline_seconds)
     hc = HypercornConfig()
     setattr(hc, _hypercorn.WRITE_DEADLINE_ATTR, config.write_deadline_seconds)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
+    hc.bind = [f"fd://{sock.detach()}"]
+    hc.websocket_ping_interval = config.ping_interval_seconds
     hc.websocket_max_message_size = config.max_message_bytes
     hc.graceful_timeout = config.shutdown_grace_seconds / 2
     hc.keep_alive_timeout = 5
@@ -89,7 +116,7 @@ async def _serve_http(
     try:
         await hypercorn_serve(
             create_app(bus),
-            hypercorn_config(bus.config),
+            hypercorn_config(bus.config, listening_socket(bus.config)),
             shutdown_trigger=partial(_connections_closed, bus),
             task_status=task_status,
         )

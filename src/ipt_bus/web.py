@@ -33,6 +33,7 @@ from ipt_bus.errors import (
     StorageError,
     http_status,
 )
+from ipt_bus.stats import Refused
 from ipt_bus.topics import parse_patterns
 
 log = logging.getLogger("ipt_bus.web")
@@ -111,13 +112,43 @@ class BusApp(QuartTrio):
         if bus is None or bus.shutting_down.is_set():
             await _reject(send, 503, ErrorCode.SHUTTING_DOWN, "the bus is not running")
             return
+        cfg = bus.config
+        origin = _header(scope, b"origin")
+        if (
+            cfg.allowed_origins is not None
+            and origin is not None
+            and origin.rstrip("/") not in cfg.allowed_origins
+        ):
+            bus.stats.record(Refused("origin"))
+            await _reject(send, 403, "origin_not_allowed", f"Origin {origin!r} is not allowed")
+            return
+        if bus.websockets >= cfg.max_connections:
+            bus.stats.record(Refused("max_connections"))
+            await _reject(
+                send,
+                503,
+                ErrorCode.OVERLOADED,
+                f"the bus has its maximum of {cfg.max_connections} connections (max_connections)",
+            )
+            return
         try:
-            params = parse_connect_params(scope.get("query_string", b""), bus.config)
+            params = parse_connect_params(scope.get("query_string", b""), cfg)
         except ProtocolError as exc:
             await _reject(send, 400, exc.code, exc.message, exc.field)
             return
-        await send({"type": "websocket.accept"})
-        await Connection(AsgiWebSocket(receive, send), bus, params).run()
+        bus.websockets += 1
+        try:
+            await send({"type": "websocket.accept"})
+            await Connection(AsgiWebSocket(receive, send), bus, params).run()
+        finally:
+            bus.websockets -= 1
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 async def _reject(
@@ -220,12 +251,12 @@ def create_app(handle: BusHandle | None = None, config: BusConfig | None = None)
     That second form is what ``hypercorn --worker-class trio 'ipt_bus.web:create_app()'`` uses;
     `ipt_bus.server.serve` passes a handle so it can close WebSockets with 1001 on shutdown.
     """
-    _hypercorn.install()  # also under the bare hypercorn CLI
     app = BusApp("ipt_bus")
     app.bus = handle
     cfg = handle.config if handle is not None else (config or BusConfig.from_env())
+    _hypercorn.install(message_deadline_seconds=cfg.message_deadline_seconds)  # bare CLI too
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
-    app.config["BODY_TIMEOUT"] = 10
+    app.config["BODY_TIMEOUT"] = cfg.body_timeout_seconds
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
     if handle is None:
