@@ -17,6 +17,11 @@ Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
   before it looks at whether the connection closed, so every closed WebSocket kept its task
   group, and with it its socket, alive for up to the interval (25 s), and shutdown waited for
   them. Here the ping task waits on a close event, with the interval as its timeout.
+- A failure boundary per connection: hypercorn closes a connection (`_close`, sending EOF) without
+  its send lock, so a ping racing the close raised `BusyResourceError` inside the connection's
+  task group, and any exception there ends hypercorn's whole server (found by the C8 fuzz test).
+  A send that finds the stream busy closing now counts as closed, and an error escaping one
+  connection is logged and ends only that connection.
 - Message deadline: a message must be complete within `message_deadline_seconds` of its first
   fragment, checked as fragments arrive, so a peer trickling a frame is cut off (hypercorn has
   no such bound; ASGI cannot see fragments). It is closed like an oversized message, with 1009.
@@ -24,6 +29,7 @@ Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
 
 from __future__ import annotations
 
+import logging
 import time
 from importlib.metadata import version
 from io import BytesIO, StringIO
@@ -35,6 +41,7 @@ from hypercorn.protocol.ws_stream import FrameTooLargeError, Handshake, Websocke
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.events import Ping, TextMessage
 
+log = logging.getLogger("ipt_bus.hypercorn")
 CHECKED_VERSIONS: Final = ("0.17", "0.18")
 WRITE_DEADLINE_ATTR: Final = "ipt_bus_write_deadline_seconds"
 DEFAULT_WRITE_DEADLINE_SECONDS: Final = 10.0  # when the hypercorn Config does not say
@@ -42,6 +49,7 @@ DEFAULT_WRITE_DEADLINE_SECONDS: Final = 10.0  # when the hypercorn Config does n
 DEFAULT_MESSAGE_DEADLINE_SECONDS: Final = 30.0
 
 _original_protocol_send: Any = TCPServer.protocol_send
+_original_run: Any = TCPServer.run
 _original_accept: Any = Handshake.accept
 _original_handle: Any = WSStream.handle
 _original_app_send: Any = WSStream.app_send
@@ -58,12 +66,20 @@ async def _protocol_send(self: TCPServer, event: Any) -> None:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + deadline
                 await self.stream.send_all(event.data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            # busy: `_close` is sending EOF right now; either way this connection is done
             await self.protocol.handle(Closed())
             return
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self.stream)
             await self.protocol.handle(Closed())
+
+
+async def _run(self: TCPServer) -> None:
+    try:
+        await _original_run(self)
+    except Exception:  # one connection's failure must not end the server (ExceptionGroup too)
+        log.exception("a connection failed inside hypercorn; it was closed")
 
 
 def _accept_without_extensions(self: Handshake, *args: Any, **kwargs: Any) -> Any:
@@ -127,6 +143,7 @@ def install(*, message_deadline_seconds: float = DEFAULT_MESSAGE_DEADLINE_SECOND
         )
     _message_deadline_seconds = message_deadline_seconds
     TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
+    TCPServer.run = _run  # type: ignore[method-assign]
     Handshake.accept = _accept_without_extensions  # type: ignore[method-assign]
     WebsocketBuffer.extend = _extend  # type: ignore[method-assign]
     WSStream.handle = _handle  # type: ignore[method-assign]
@@ -137,6 +154,7 @@ def install(*, message_deadline_seconds: float = DEFAULT_MESSAGE_DEADLINE_SECOND
 def is_installed() -> bool:
     return (
         TCPServer.protocol_send is _protocol_send
+        and TCPServer.run is _run
         and Handshake.accept is _accept_without_extensions
         and WebsocketBuffer.extend is _extend
         and WSStream._send_pings is _send_pings

@@ -17,6 +17,18 @@ def test_installed_by_create_app_and_version_is_checked() -> None:
     assert version("hypercorn").startswith(_hypercorn.CHECKED_VERSIONS)
 
 
+def test_the_other_replaced_methods_still_exist_with_the_shape_we_rely_on() -> None:
+    from hypercorn.protocol.ws_stream import WebsocketBuffer, WSStream
+
+    assert "PerMessageDeflate()" in inspect.getsource(_hypercorn._original_accept)
+    extend = inspect.getsource(WebsocketBuffer.__init__)
+    assert "self.max_length" in extend
+    assert "self.length" in extend
+    assert "self.config.websocket_ping_interval" in inspect.getsource(WSStream._accept)
+    run = inspect.getsource(_hypercorn._original_run)
+    assert "await self._close()" in run
+
+
 def test_the_replaced_method_still_has_the_shape_we_rely_on() -> None:
     source = inspect.getsource(_hypercorn._original_protocol_send)
     # hypercorn shields the socket write with no deadline: the reason for the adjustment
