@@ -297,14 +297,21 @@ async def test_connect_disconnect_cycles_leave_no_tasks_or_fds() -> None:
             if i % 2:
                 await peer.read_frame()
             await peer.aclose()
-        await wait_for(
-            lambda: (
-                server.bus.router.statistics().connections == 0
-                and abs(_task_count() - tasks) <= 2
-                and abs(_fd_count() - fds) <= 2
-            ),
-            seconds=30,
-        )
+        try:
+            await wait_for(
+                lambda: (
+                    server.bus.router.statistics().connections == 0
+                    and abs(_task_count() - tasks) <= 2
+                    and abs(_fd_count() - fds) <= 2
+                ),
+                seconds=30,
+            )
+        except trio.TooSlowError:
+            connections = server.bus.router.statistics().connections
+            raise AssertionError(
+                f"tasks {tasks} -> {_task_count()}, fds {fds} -> {_fd_count()}, "
+                f"connections {connections}"
+            ) from None
 
 
 async def test_pings_racing_a_close_do_not_take_the_server_down() -> None:
