@@ -288,12 +288,16 @@ def _routes(app: BusApp) -> None:
         code = {
             404: ErrorCode.NOT_FOUND,
             405: ErrorCode.METHOD_NOT_ALLOWED,
+            408: ErrorCode.REQUEST_TIMEOUT,
             413: ErrorCode.TOO_LARGE,
         }.get(status, "http_error")
         message = exc.description or exc.name
         if status == 413:
             limit = app.config["MAX_CONTENT_LENGTH"]
             message = f"request body is larger than {limit} bytes (max_body_bytes)"
+        elif status == 408:
+            limit = app.config["BODY_TIMEOUT"]
+            message = f"the request body did not arrive within {limit} s (body_timeout_seconds)"
         elif status == 404:
             message = f"no such endpoint: {request.path}"
         elif status == 405:

@@ -322,3 +322,26 @@ async def test_pings_racing_a_close_do_not_take_the_server_down() -> None:
             async with peer.stream:
                 await peer.send(rawws.frame(0x3, b"x"))  # protocol error: hypercorn closes
         await healthy_neighbour(server)
+
+
+async def test_a_body_that_never_finishes_gets_408_json() -> None:
+    async with running_server(body_timeout_seconds=0.5) as server:
+        host, port = rawws.host_port(server.url)
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(
+                b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            answer = b""
+            with trio.fail_after(10):
+                while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        error = orjson.loads(body)["error"]
+        assert error["code"] == "request_timeout"
+        assert "body_timeout_seconds" in error["message"]
