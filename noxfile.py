@@ -33,3 +33,10 @@ def bench(session: nox.Session) -> None:
     """Benchmarks of docs/performance.md; not part of the default run."""
     session.install("-e", ".[test]")
     session.run("python", "tools/bench.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Connect storm, ping flood and a 10-minute soak (docs/operations.md); not in the default."""
+    session.install("-e", ".[test]")
+    session.run("python", "tools/soak.py", *session.posargs)

@@ -50,6 +50,7 @@ class BusConfig:
     router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)
     publish_timeout_seconds: float = 5.0  # REST 503 / WS `overloaded` past this
     publishes_in_flight: int = 64  # per WS connection: publishes sent on before their ack
+    max_frames_per_second: float = 2_000.0  # per WS connection; faster clients are read slower
     default_query_limit: int = 100
     max_query_limit: int = 1_000
     shutdown_grace_seconds: float = 5.0

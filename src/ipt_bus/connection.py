@@ -179,9 +179,18 @@ class Connection:
     # --- reading ---
 
     async def _reader(self) -> None:
+        # Token bucket on frames read: a client past `max_frames_per_second` is simply read
+        # slower (its frames wait in TCP), so one flooding client cannot starve its neighbours.
+        rate = self._bus.config.max_frames_per_second
+        tokens, last = rate, trio.current_time()
         try:
             while True:
                 message = await self._ws.receive()
+                now = trio.current_time()
+                tokens = min(rate, tokens + (now - last) * rate) - 1
+                last = now
+                if tokens < 0:
+                    await trio.sleep(-tokens / rate)
                 await self._handle_message(message)
         except Disconnected as exc:
             self._outbox.close(-exc.code)  # negative: the peer closed, nothing to send

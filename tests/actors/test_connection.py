@@ -1,0 +1,54 @@
+"""Connection actor timing logic on a fake socket with the autojump clock."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+
+from ipt_bus.bus import run_bus
+from ipt_bus.config import BusConfig
+from ipt_bus.connection import ConnectParams, Connection, Disconnected
+
+
+class FakeSocket:
+    def __init__(self, frames: list[str]) -> None:
+        self.incoming = list(frames)
+        self.sent: list[tuple[float, str]] = []
+        self.closed: int | None = None
+
+    async def receive(self) -> str | bytes:
+        if self.incoming:
+            await trio.lowlevel.checkpoint()
+            return self.incoming.pop(0)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(self, text: str) -> None:
+        if self.closed is not None:
+            raise Disconnected(1006)
+        self.sent.append((trio.current_time(), text))
+        await trio.lowlevel.checkpoint()
+
+    async def close(self, code: int) -> None:
+        self.closed = code
+
+
+async def test_a_client_past_the_frame_rate_is_read_slower(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = BusConfig(port=0, max_frames_per_second=100, gc_threshold=None)
+    sock = FakeSocket(['{"action": "ping"}'] * 300)
+    async with trio.open_nursery() as nursery:
+        bus = await nursery.start(run_bus, config)
+        start = trio.current_time()
+        nursery.start_soon(Connection(sock, bus, ConnectParams()).run)
+        while sum('"pong"' in text for _, text in sock.sent) < 300:
+            await trio.sleep(0.01)
+        pongs = [t for t, text in sock.sent if '"pong"' in text]
+        # a burst of 100 at once, then 100 a second: the 300th after about 2 s
+        assert math.isclose(pongs[99] - start, 0, abs_tol=0.05)
+        assert 1.9 <= pongs[-1] - start <= 2.2
+        bus.shutdown()
+    assert sock.closed == 1001
