@@ -9,7 +9,7 @@ import trio.testing
 
 from ipt_bus.bus import run_bus
 from ipt_bus.config import BusConfig
-from ipt_bus.connection import ConnectParams, Connection, Disconnected
+from ipt_bus.connection import Connection, ConnectParams, Disconnected
 
 
 class FakeSocket:
