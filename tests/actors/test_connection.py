@@ -13,10 +13,12 @@ from ipt_bus.connection import Connection, ConnectParams, Disconnected
 
 
 class FakeSocket:
-    def __init__(self, frames: list[str]) -> None:
+    def __init__(self, frames: list[str], pongs_wanted: int = 0) -> None:
         self.incoming = list(frames)
         self.sent: list[tuple[float, str]] = []
         self.closed: int | None = None
+        self.pongs_wanted = pongs_wanted
+        self.all_pongs = trio.Event()
 
     async def receive(self) -> str | bytes:
         if self.incoming:
@@ -29,6 +31,8 @@ class FakeSocket:
         if self.closed is not None:
             raise Disconnected(1006)
         self.sent.append((trio.current_time(), text))
+        if sum('"pong"' in t for _, t in self.sent) == self.pongs_wanted:
+            self.all_pongs.set()
         await trio.lowlevel.checkpoint()
 
     async def close(self, code: int) -> None:
@@ -39,13 +43,12 @@ async def test_a_client_past_the_frame_rate_is_read_slower(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     config = BusConfig(port=0, max_frames_per_second=100, gc_threshold=None)
-    sock = FakeSocket(['{"action": "ping"}'] * 300)
+    sock = FakeSocket(['{"action": "ping"}'] * 300, pongs_wanted=300)
     async with trio.open_nursery() as nursery:
         bus = await nursery.start(run_bus, config)
         start = trio.current_time()
         nursery.start_soon(Connection(sock, bus, ConnectParams()).run)
-        while sum('"pong"' in text for _, text in sock.sent) < 300:
-            await trio.sleep(0.01)
+        await sock.all_pongs.wait()
         pongs = [t for t, text in sock.sent if '"pong"' in text]
         # a burst of 100 at once, then 100 a second: the 300th after about 2 s
         assert math.isclose(pongs[99] - start, 0, abs_tol=0.05)
