@@ -1,8 +1,10 @@
 """One actor per WebSocket connection: the failure boundary between a client and the bus.
 
-A reader task turns frames into router requests and queues their replies; a writer task sends
-the welcome, any resumed history, then whatever the outbox holds. A bug in either closes only
-this connection (1011, logged, counted). Neither reaches the socket of another connection.
+A reader task turns frames into router requests and queues their replies (read at most
+`max_frames_per_second`); publishes are pipelined: the reader hands them to the router and an
+acker task, started on the first publish, answers them in order. A writer task sends the welcome,
+any resumed history, then whatever the outbox holds. A bug in any of them closes only this
+connection (1011, logged, counted); nothing reaches the socket of another connection.
 """
 
 from __future__ import annotations
