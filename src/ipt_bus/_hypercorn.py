@@ -22,6 +22,9 @@ Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
   task group, and any exception there ends hypercorn's whole server (found by the C8 fuzz test).
   A send that finds the stream busy closing now counts as closed, and an error escaping one
   connection is logged and ends only that connection.
+- Close codes for bad frames: wsproto reports a frame it cannot parse (invalid UTF-8: 1007, a
+  protocol error: 1002) as a close while the connection is still open, and hypercorn then drops
+  the socket without a close frame. Here the peer is sent a close frame with that code first.
 - Message deadline: a message must be complete within `message_deadline_seconds` of its first
   fragment, checked as fragments arrive, so a peer trickling a frame is cut off (hypercorn has
   no such bound; ASGI cannot see fragments). It is closed like an oversized message, with 1009.
@@ -37,9 +40,12 @@ from typing import Any, Final
 
 import trio
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import FrameTooLargeError, Handshake, WebsocketBuffer, WSStream
 from hypercorn.trio.tcp_server import TCPServer
-from wsproto.events import Ping, TextMessage
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
 
 log = logging.getLogger("ipt_bus.hypercorn")
 CHECKED_VERSIONS: Final = ("0.17", "0.18")
@@ -53,6 +59,7 @@ _original_run: Any = TCPServer.run
 _original_accept: Any = Handshake.accept
 _original_handle: Any = WSStream.handle
 _original_app_send: Any = WSStream.app_send
+_original_handle_events: Any = WSStream._handle_events
 _message_deadline_seconds = DEFAULT_MESSAGE_DEADLINE_SECONDS
 
 
@@ -129,6 +136,29 @@ async def _send_pings(self: WSStream) -> None:
             await closed.wait()
 
 
+async def _handle_events(self: WSStream) -> None:
+    """hypercorn's loop, plus a close frame for frames wsproto could not parse."""
+    for event in self.connection.events():
+        if isinstance(event, Message):
+            try:
+                self.buffer.extend(event)
+            except FrameTooLargeError:
+                await self._send_wsproto_event(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+                break
+            if event.message_finished:
+                assert self.app_put is not None
+                await self.app_put(self.buffer.to_message())
+                self.buffer.clear()
+        elif isinstance(event, Ping):
+            await self._send_wsproto_event(event.response())
+        elif isinstance(event, CloseConnection):
+            if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                await self._send_wsproto_event(event.response())
+            elif self.connection.state == ConnectionState.OPEN:
+                await self._send_wsproto_event(CloseConnection(code=event.code))
+            await self.send(StreamClosed(stream_id=self.stream_id))
+
+
 def install(*, message_deadline_seconds: float = DEFAULT_MESSAGE_DEADLINE_SECONDS) -> None:
     """Apply the adjustments (idempotent). Raises if hypercorn is a version not checked.
 
@@ -149,6 +179,7 @@ def install(*, message_deadline_seconds: float = DEFAULT_MESSAGE_DEADLINE_SECOND
     WSStream.handle = _handle  # type: ignore[method-assign]
     WSStream.app_send = _app_send  # type: ignore[method-assign]
     WSStream._send_pings = _send_pings  # type: ignore[method-assign]
+    WSStream._handle_events = _handle_events  # type: ignore[method-assign]
 
 
 def is_installed() -> bool:
@@ -158,4 +189,5 @@ def is_installed() -> bool:
         and Handshake.accept is _accept_without_extensions
         and WebsocketBuffer.extend is _extend
         and WSStream._send_pings is _send_pings
+        and WSStream._handle_events is _handle_events
     )

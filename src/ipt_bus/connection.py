@@ -353,41 +353,22 @@ class Connection:
         await self._ws.send("\n".join(chunk))
 
     async def _replay(self, since: int, attached_at: int) -> None:
-        """Send retained events after `since` up to the attach point; live ones follow."""
+        """Send retained events after `since` up to the attach point; live ones follow.
+
+        Whatever the log no longer holds is announced with a `gap` first, also when the log
+        moves on between two pages of the replay (a memory ring under heavy traffic).
+        """
         event_log = self._bus.log
         epoch = self._params.epoch
         if (epoch is not None and epoch != event_log.epoch) or since > attached_at:
-            await self._send_frames(
-                [
-                    codec.dumps(
-                        {
-                            "action": "gap",
-                            "reason": "epoch",
-                            "from_seq": since + 1,
-                            "to_seq": None,
-                            "epoch": event_log.epoch,
-                        }
-                    ).decode()
-                ]
-            )
+            await self._send_frames([_gap("epoch", since + 1, None, epoch=event_log.epoch)])
             since = 0
-        first = event_log.first_seq
-        if since < first - 1:
-            await self._send_frames(
-                [
-                    codec.dumps(
-                        {
-                            "action": "gap",
-                            "reason": "retention",
-                            "from_seq": since + 1,
-                            "to_seq": first - 1,
-                        }
-                    ).decode()
-                ]
-            )
-            since = first - 1
         patterns = list(self._params.patterns)
         while since < attached_at:
+            first = event_log.first_seq
+            if since < first - 1:
+                await self._send_frames([_gap("retention", since + 1, first - 1)])
+                since = first - 1
             page = await event_log.read_after(since, patterns, REPLAY_PAGE_EVENTS)
             frames = [r.data for r in page if r.seq <= attached_at]
             if frames:
@@ -395,3 +376,8 @@ class Connection:
             if len(frames) < REPLAY_PAGE_EVENTS:
                 return
             since = page[-1].seq
+
+
+def _gap(reason: str, from_seq: int, to_seq: int | None, **extra: str) -> str:
+    frame = {"action": "gap", "reason": reason, "from_seq": from_seq, "to_seq": to_seq}
+    return codec.dumps(frame | extra).decode()

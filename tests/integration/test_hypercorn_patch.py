@@ -25,6 +25,9 @@ def test_the_other_replaced_methods_still_exist_with_the_shape_we_rely_on() -> N
     assert "self.max_length" in extend
     assert "self.length" in extend
     assert "self.config.websocket_ping_interval" in inspect.getsource(WSStream._accept)
+    events = inspect.getsource(_hypercorn._original_handle_events)
+    for part in ("FrameTooLargeError", "REMOTE_CLOSING", "message_finished", "StreamClosed"):
+        assert part in events, part  # the loop we replace is still hypercorn's
     run = inspect.getsource(_hypercorn._original_run)
     assert "await self._close()" in run
 
