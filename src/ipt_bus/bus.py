@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import logging
 import socket
 from typing import Any, final
 
@@ -24,7 +23,6 @@ from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
 
 __version__ = "0.1.0"
-log = logging.getLogger("ipt_bus")
 
 
 @final
@@ -96,6 +94,7 @@ async def run_bus(
         # 1,000 subscribers; fewer young-generation passes doubled it.
         gc.set_threshold(*config.gc_threshold)
     event_log = open_log(config)
+    handle: BusHandle | None = None
     try:
         async with trio.open_nursery() as nursery:
             stats = await start_stats(nursery, inbox_size=65_536)
@@ -115,9 +114,9 @@ async def run_bus(
             )
             task_status.started(handle)
             await handle.shutting_down.wait()
+            # every connection (and any still attaching) closes with 1001, then detaches
             await router.close_all(CloseCode.GOING_AWAY)
             with handle._force, trio.move_on_after(config.shutdown_grace_seconds):
-                # connections see `shutting_down`, close with 1001 and detach
                 await router.wait_idle()
             router.close()
             stats.close()
@@ -125,5 +124,5 @@ async def run_bus(
         with trio.move_on_after(config.shutdown_grace_seconds) as scope:
             scope.shield = True
             await event_log.aclose()
-        if "handle" in locals():
+        if handle is not None:
             handle._stopped.set()
