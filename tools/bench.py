@@ -214,14 +214,21 @@ async def _subscribers(port: int, path: str, n: int) -> list[RawWS]:
     return conns
 
 
+async def _clients(
+    kind: str, port: int, subscribers: int, batch: bool
+) -> tuple[list[RawWS], RawWS]:
+    """Subscribers on the bench topic and one publisher, for the bus or the bare relay."""
+    if kind == "bare":
+        return await _subscribers(port, "/ws?sub=1", subscribers), await RawWS.connect(port, "/ws")
+    path = "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+    subs = await _subscribers(port, path, subscribers)
+    return subs, await RawWS.connect(port, "/ws?topics=none")
+
+
 async def fanout(kind: str, subscribers: int, seconds: float, batch: bool) -> dict[str, Any]:
     port = free_port()
     with server(kind, port) as proc:
-        path = (
-            "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
-        )
-        subs = await _subscribers(port, path, subscribers)
-        pub = await RawWS.connect(port, "/ws" if kind == "bare" else "/ws?topics=none")
+        subs, pub = await _clients(kind, port, subscribers, batch)
         delivered = 0
         messages = 0
         gaps = 0
@@ -273,11 +280,7 @@ async def latency(
 ) -> dict[str, Any]:
     port = free_port()
     with server(kind, port) as proc:
-        path = (
-            "/ws?sub=1" if kind == "bare" else "/ws?topics=bench.*" + ("&batch=1" if batch else "")
-        )
-        subs = await _subscribers(port, path, subscribers)
-        pub = await RawWS.connect(port, "/ws" if kind == "bare" else "/ws?topics=none")
+        subs, pub = await _clients(kind, port, subscribers, batch)
         samples: list[int] = []
         total = int(rate * seconds)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -405,29 +405,28 @@ async def test_garbage_before_the_upgrade(server: Server) -> None:
 
 async def test_batch_mode_coalesces_a_backlog(server: Server) -> None:
     async with ws(server, "topics=b.*&batch=1") as sub, ws(server, "topics=none") as pub:
-        await request(
-            pub, {"action": "publish", "id": 1, "events": [event("b.x", i=i) for i in range(50)]}
-        )
-        frames: list[dict[str, object]] = []
-        messages = 0
-        while len(frames) < 50:
-            frames.extend(await recv_frames(sub))
-            messages += 1
-        assert [f["payload"]["i"] for f in frames] == list(range(50))  # type: ignore[index]
+        frames, messages = await publish_50_and_count(pub, sub)
+        assert [f["payload"]["i"] for f in frames] == list(range(50))
         assert messages < 50
+
+
+async def publish_50_and_count(pub: Any, sub: Any) -> tuple[list[dict[str, Any]], int]:
+    """Publish 50 events on b.x; the frames `sub` got and in how many messages."""
+    await request(
+        pub, {"action": "publish", "id": 1, "events": [event("b.x", i=i) for i in range(50)]}
+    )
+    frames: list[dict[str, Any]] = []
+    messages = 0
+    while len(frames) < 50:
+        frames.extend(await recv_frames(sub))
+        messages += 1
+    return frames, messages
 
 
 async def test_batch_can_be_switched_on_by_subscribe(server: Server) -> None:
     async with ws(server, "topics=none") as sub, ws(server, "topics=none") as pub:
         await request(sub, {"action": "subscribe", "id": 1, "topics": ["b.*"], "batch": True})
-        await request(
-            pub, {"action": "publish", "id": 1, "events": [event("b.x", i=i) for i in range(50)]}
-        )
-        frames: list[dict[str, object]] = []
-        messages = 0
-        while len(frames) < 50:
-            frames.extend(await recv_frames(sub))
-            messages += 1
+        _, messages = await publish_50_and_count(pub, sub)
         assert messages < 50
 
 
