@@ -17,9 +17,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.8")
+    session.install("-e", ".", "ruff>=0.8", "import-linter>=2.1")
     session.run("ruff", "check", "src", "tests", "tools", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "tools", "noxfile.py")
+    session.run("lint-imports")  # the layers of STYLE.md §1 (contracts in pyproject.toml)
 
 
 @nox.session
