@@ -10,7 +10,13 @@
   for `--minutes`; after a warm-up of a fifth of the run: RSS drift ≤ 5 %, FDs flat, no drops for
   the steady subscribers, p99 of each minute within ± 20 % of the first minute after warm-up.
 
-Server: `ipt-bus serve` in its own process on core 0; this generator on core 1; 127.0.0.1 only.
+- C10 dead peer (root and iproute2 only; skipped otherwise): a client in a private network
+  namespace made here, over a veth pair (10.254.254.0/30, this machine only), connects; then all
+  its link goes down (no FIN, no RST: the peer just stops answering). The server, with 1 s pings and a 5 s
+  TCP_USER_TIMEOUT, must free the connection within ping interval + user timeout + 2 s.
+
+Server: `ipt-bus serve` in its own process on core 0 (C10: in this process, bound to the veth
+address); this generator on core 1; 127.0.0.1 and the namespace's veth only.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -221,7 +229,77 @@ async def soak(port: int, pid: int, minutes: float) -> dict[str, Any]:
     }
 
 
+NS, VETH_HOST, VETH_NS = "ipt-bus-soak", "iptbus0", "iptbus1"
+HOST_IP, NS_IP = "10.254.254.1", "10.254.254.2"
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+async def dead_peer() -> dict[str, Any]:
+    """C10: a blackholed peer is freed by the kernel (TCP_USER_TIMEOUT) with pings in flight."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return {"test": "C10 dead peer", "skipped": "needs root and iproute2"}
+    from ipt_bus.config import BusConfig
+    from ipt_bus.server import serve
+
+    _sh("ip", "netns", "add", NS)
+    client: subprocess.Popen[bytes] | None = None
+    try:
+        _sh("ip", "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS)
+        _sh("ip", "link", "set", VETH_NS, "netns", NS)
+        _sh("ip", "addr", "add", f"{HOST_IP}/30", "dev", VETH_HOST)
+        _sh("ip", "link", "set", VETH_HOST, "up")
+        _sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/30", "dev", VETH_NS)
+        _sh("ip", "netns", "exec", NS, "ip", "link", "set", VETH_NS, "up")
+        config = BusConfig(
+            host=HOST_IP, port=0, ping_interval_seconds=1.0, tcp_user_timeout_seconds=5.0
+        )
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve, config)
+            port = server.url.rsplit(":", 1)[1]
+            holder = (
+                "import socket, base64, os, time\n"
+                f"s = socket.create_connection(('{HOST_IP}', {port}))\n"
+                "k = base64.b64encode(os.urandom(16)).decode()\n"
+                "s.sendall(('GET /ws HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n'"
+                " 'Connection: Upgrade\\r\\nSec-WebSocket-Key: ' + k +"
+                " '\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n').encode())\n"
+                "s.recv(4096)\n"
+                "time.sleep(120)\n"
+            )
+            client = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", holder])
+            with trio.fail_after(20):
+                while server.bus.router.statistics().connections < 1:
+                    await trio.sleep(0.05)
+            # the peer vanishes without FIN or RST (this kernel has no netem to drop packets)
+            _sh("ip", "netns", "exec", NS, "ip", "link", "set", VETH_NS, "down")
+            blackholed = trio.current_time()
+            bound = 1.0 + 5.0 + 2.0
+            with trio.move_on_after(bound + 20):
+                while server.bus.router.statistics().connections > 0:
+                    await trio.sleep(0.05)
+            freed_after = trio.current_time() - blackholed
+            server.shutdown()
+        return {
+            "test": "C10 dead peer (blackholed in a network namespace)",
+            "freed_after_s": round(freed_after, 2),
+            "bound_s": bound,
+            "freed_ok": freed_after <= bound,
+        }
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        subprocess.run(["ip", "link", "del", VETH_HOST], capture_output=True)
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+
+
 async def run(minutes: float, out: list[dict[str, Any]]) -> None:
+    result = await dead_peer()
+    out.append(result)
+    print(json.dumps(result), flush=True)
     port = bench.free_port()
     with bench.server("bus", port) as proc:
         for step in (
@@ -238,11 +316,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only-dead-peer", action="store_true", help="just C10")
     args = parser.parse_args()
     bench._raise_nofile()
     os.sched_setaffinity(0, {1})
     results: list[dict[str, Any]] = []
-    trio.run(run, args.minutes, results)
+    if args.only_dead_peer:
+        results.append(trio.run(dead_peer))
+        print(json.dumps(results[-1]), flush=True)
+    else:
+        trio.run(run, args.minutes, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     failed = [r["test"] for r in results if not all(v for k, v in r.items() if k.endswith("_ok"))]
