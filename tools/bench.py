@@ -301,7 +301,7 @@ async def latency(
                 nursery.start_soon(receive, ws)
             await publish()
             with trio.move_on_after(3.0):  # grace for stragglers
-                while len(samples) < total * subscribers:  # noqa: ASYNC110 - a bench, polling is fine
+                while len(samples) < total * subscribers:
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         elapsed = time.monotonic() - t0
