@@ -11,9 +11,9 @@
   the steady subscribers, p99 of each minute within ± 20 % of the first minute after warm-up.
 
 - C10 dead peer (root and iproute2 only; skipped otherwise): a client in a private network
-  namespace made here, over a veth pair (10.254.254.0/30, this machine only), connects; then all
-  its link goes down (no FIN, no RST: the peer just stops answering). The server, with 1 s pings and a 5 s
-  TCP_USER_TIMEOUT, must free the connection within ping interval + user timeout + 2 s.
+  namespace made here, over a veth pair (10.254.254.0/30, this machine only), connects; then its
+  link goes down (no FIN, no RST: the peer just stops answering). The server, with 1 s pings and
+  a 5 s TCP_USER_TIMEOUT, must free the connection within ping interval + user timeout + 2 s.
 
 Server: `ipt-bus serve` in its own process on core 0 (C10: in this process, bound to the veth
 address); this generator on core 1; 127.0.0.1 and the namespace's veth only.
