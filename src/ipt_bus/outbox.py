@@ -127,11 +127,6 @@ class Outbox:
         self._replies.append(data)
         self._wake()
 
-    def reply_nowait(self, data: str) -> None:
-        """Queue a reply regardless of the lane's bound (for the welcome and final frames)."""
-        self._replies.append(data)
-        self._wake()
-
     async def wait_ready(self) -> None:
         while not (self._replies or self._events or self._gap) and self.closed_code is None:
             await self._park()
