@@ -344,3 +344,9 @@ def request_id_of(raw: str | bytes) -> RequestId:
         if isinstance(rid, str | int) and not isinstance(rid, bool) and "action" in obj:
             return rid
     return None
+
+
+def gap_frame(reason: str, from_seq: int, to_seq: int | None, **extra: str) -> str:
+    """A `gap` notice (DESIGN §3): events `from_seq`..`to_seq` will not come; `reason` says why."""
+    frame = {"action": "gap", "reason": reason, "from_seq": from_seq, "to_seq": to_seq}
+    return dumps(frame | extra).decode()

@@ -361,13 +361,15 @@ class Connection:
         event_log = self._bus.log
         epoch = self._params.epoch
         if (epoch is not None and epoch != event_log.epoch) or since > attached_at:
-            await self._send_frames([_gap("epoch", since + 1, None, epoch=event_log.epoch)])
+            await self._send_frames(
+                [codec.gap_frame("epoch", since + 1, None, epoch=event_log.epoch)]
+            )
             since = 0
         patterns = list(self._params.patterns)
         while since < attached_at:
             first = event_log.first_seq
             if since < first - 1:
-                await self._send_frames([_gap("retention", since + 1, first - 1)])
+                await self._send_frames([codec.gap_frame("retention", since + 1, first - 1)])
                 since = first - 1
             page = await event_log.read_after(since, patterns, REPLAY_PAGE_EVENTS)
             frames = [r.data for r in page if r.seq <= attached_at]
@@ -376,8 +378,3 @@ class Connection:
             if len(frames) < REPLAY_PAGE_EVENTS:
                 return
             since = page[-1].seq
-
-
-def _gap(reason: str, from_seq: int, to_seq: int | None, **extra: str) -> str:
-    frame = {"action": "gap", "reason": reason, "from_seq": from_seq, "to_seq": to_seq}
-    return codec.dumps(frame | extra).decode()

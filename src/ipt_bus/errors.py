@@ -40,6 +40,7 @@ class ErrorCode(enum.StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_TIMEOUT = "request_timeout"
     OVERLOADED = "overloaded"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal_error"
 
@@ -136,6 +137,8 @@ def as_protocol_error(exc: BusError) -> ProtocolError:
         return ProtocolError(ErrorCode.OVERLOADED, str(exc))
     if isinstance(exc, BusClosed):
         return ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc))
+    if isinstance(exc, StorageError):
+        return ProtocolError(ErrorCode.STORAGE_UNAVAILABLE, f"the event log failed: {exc}")
     return ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
@@ -146,6 +149,7 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 

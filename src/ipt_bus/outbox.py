@@ -93,14 +93,7 @@ class Outbox:
 
     def _push_gap(self) -> None:
         assert self._gap is not None
-        frame = codec.dumps(
-            {
-                "action": "gap",
-                "reason": "slow_consumer",
-                "from_seq": self._gap[0],
-                "to_seq": self._gap[1],
-            }
-        ).decode()
+        frame = codec.gap_frame("slow_consumer", self._gap[0], self._gap[1])
         self._events.append((frame, _GAP))
         self._gap = None
 

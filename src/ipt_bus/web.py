@@ -26,11 +26,12 @@ from ipt_bus.config import BusConfig
 from ipt_bus.connection import Connection, ConnectParams, Disconnected
 from ipt_bus.errors import (
     BusClosed,
+    BusError,
     ErrorCode,
     LimitExceeded,
     Overloaded,
     ProtocolError,
-    StorageError,
+    as_protocol_error,
     http_status,
 )
 from ipt_bus.stats import Refused
@@ -75,6 +76,14 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(data, status=status, content_type=JSON, headers=headers)
 
 
+def error_body(code: ErrorCode | str, message: str, field: str | None = None) -> bytes:
+    """The one shape of every HTTP error: ``{"error": {"code", "message", "field"?}}``."""
+    err: dict[str, Any] = {"code": str(code), "message": message}
+    if field is not None:
+        err["field"] = field
+    return codec.dumps({"error": err})
+
+
 def error_response(
     code: ErrorCode | str,
     message: str,
@@ -82,10 +91,7 @@ def error_response(
     field: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    err: dict[str, Any] = {"code": str(code), "message": message}
-    if field is not None:
-        err["field"] = field
-    return json_response({"error": err}, status, headers)
+    return json_response(error_body(code, message, field), status, headers)
 
 
 class BusApp(QuartTrio):
@@ -155,10 +161,7 @@ async def _reject(
     send: Any, status: int, code: ErrorCode | str, message: str, field: str | None = None
 ) -> None:
     """Refuse a WebSocket handshake with a JSON HTTP answer (ASGI websocket.http.response)."""
-    err: dict[str, Any] = {"code": str(code), "message": message}
-    if field is not None:
-        err["field"] = field
-    body = codec.dumps({"error": err})
+    body = error_body(code, message, field)
     await send(
         {
             "type": "websocket.http.response.start",
@@ -307,22 +310,15 @@ def _routes(app: BusApp) -> None:
             headers.pop("Content-Type", None)
         return error_response(code, message, status, headers=headers)
 
-    @app.errorhandler(ProtocolError)
-    async def _protocol_error(exc: ProtocolError) -> Response:
-        return error_response(exc.code, exc.message, http_status(exc.code), exc.field)
-
-    @app.errorhandler(Overloaded)
-    async def _overloaded(exc: Overloaded) -> Response:
-        retry = str(max(1, round(exc.retry_after_seconds)))
-        return error_response(ErrorCode.OVERLOADED, str(exc), 503, headers={"Retry-After": retry})
-
-    @app.errorhandler(BusClosed)
-    async def _closed(exc: BusClosed) -> Response:
-        return error_response(ErrorCode.SHUTTING_DOWN, str(exc), 503, headers={"Retry-After": "1"})
-
-    @app.errorhandler(StorageError)
-    async def _storage(exc: StorageError) -> Response:
-        return error_response(ErrorCode.INTERNAL, f"storage failed: {exc}", 503)
+    @app.errorhandler(BusError)
+    async def _bus_error(exc: BusError) -> Response:
+        err = as_protocol_error(exc)  # the same mapping WebSocket error frames use
+        status = http_status(err.code)
+        headers = None
+        if status == 503:
+            retry = exc.retry_after_seconds if isinstance(exc, Overloaded) else 1
+            headers = {"Retry-After": str(max(1, round(retry)))}
+        return error_response(err.code, err.message, status, err.field, headers)
 
     @app.errorhandler(Exception)
     async def _internal(exc: Exception) -> Response:

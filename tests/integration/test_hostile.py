@@ -14,6 +14,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from ipt_bus.config import BusConfig
 from ipt_bus.connection import Connection
+from ipt_bus.errors import StorageError
 from ipt_bus.frames import Ping
 from ipt_bus.router import Router
 from ipt_bus.server import Server, listening_socket
@@ -384,3 +385,24 @@ async def test_stats_accounting_is_consistent() -> None:
         assert sum(o.offered for o in outboxes) == 100  # only the slow one matches g4.*
         top = {t["topic"]: t["count"] for t in stats["top_topics"]}
         assert top == stats["events_per_topic"]
+
+
+async def test_a_failing_log_is_storage_unavailable_and_nothing_is_acked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self, events):  # type: ignore[no-untyped-def]
+        raise StorageError("disk on fire")
+
+    monkeypatch.setattr(MemoryLog, "append", broken)
+    async with (
+        running_server() as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+        ws(server, "topics=none") as conn,
+    ):
+        response = await http.post("/events", json=event())
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["error"]["code"] == "storage_unavailable"
+        answer = await request(conn, {"action": "publish", "id": 1, "event": event()})
+        assert answer["error"]["code"] == "storage_unavailable"
+        assert server.bus.log.last_seq == 0
