@@ -136,6 +136,20 @@ def decode_event(obj: Any, field: str = "", *, max_bytes: int | None = None) -> 
     return event
 
 
+def decode_batch(
+    items: list[Any], field: str = "", *, max_events: int, max_bytes: int | None = None
+) -> list[Event]:
+    """A batch of events, all or nothing: the first bad one's error names its index
+    (``events[3].topic`` for `field` ``events``, ``[3].topic`` for a bare JSON array)."""
+    if not items:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "the batch of events is empty", field or None)
+    if len(items) > max_events:
+        raise LimitExceeded(
+            f"more than {max_events} events in one publish (max_batch_events)", field or None
+        )
+    return [decode_event(e, f"{field}[{i}]", max_bytes=max_bytes) for i, e in enumerate(items)]
+
+
 def _timestamp(value: Any, field: str) -> datetime | None:
     if value is None:
         return None

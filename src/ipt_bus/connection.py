@@ -131,7 +131,6 @@ class Connection:
         cfg = self._bus.config
         self.conn_id = self._bus.next_conn_id()
         self._batch = False
-        self._set_batch(self._params.batch)
         self._outbox = Outbox(
             max_events=cfg.outbox_events,
             max_bytes=cfg.outbox_bytes,
@@ -148,6 +147,7 @@ class Connection:
         bus.stats.record(Opened(self.conn_id))
         peer_gone = False
         try:
+            self._set_batch(self._params.batch)  # left in `finally` below
             last = await bus.router.attach(self.conn_id, self._outbox, self._params.patterns)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -248,17 +248,9 @@ class Connection:
             events = [codec.decode_event(frame.event, "event", max_bytes=max_bytes)]
         else:
             assert frame.events is not None
-            if not frame.events:
-                raise ProtocolError(ErrorCode.INVALID_FIELD, "'events' is empty", "events")
-            if len(frame.events) > cfg.max_batch_events:
-                raise LimitExceeded(
-                    f"more than {cfg.max_batch_events} events in one publish (max_batch_events)",
-                    "events",
-                )
-            events = [
-                codec.decode_event(e, f"events[{i}]", max_bytes=max_bytes)
-                for i, e in enumerate(frame.events)
-            ]
+            events = codec.decode_batch(
+                frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
+            )
         pipeline = self._pipeline
         if pipeline is None:
             pipeline = self._pipeline = _Pipeline.open(cfg.publishes_in_flight)

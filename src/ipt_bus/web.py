@@ -350,15 +350,7 @@ def _routes(app: BusApp) -> None:
         # a body under the event limit cannot hold an event over it: skip measuring each one
         max_bytes = cfg.max_event_bytes if len(raw) > cfg.max_event_bytes else None
         if isinstance(body, list):
-            if not body:
-                raise ProtocolError(ErrorCode.INVALID_FIELD, "the event array is empty")
-            if len(body) > cfg.max_batch_events:
-                raise LimitExceeded(
-                    f"more than {cfg.max_batch_events} events in one request (max_batch_events)"
-                )
-            events = [
-                codec.decode_event(e, f"[{i}]", max_bytes=max_bytes) for i, e in enumerate(body)
-            ]
+            events = codec.decode_batch(body, max_events=cfg.max_batch_events, max_bytes=max_bytes)
             published = await bus.router.publish(events, timeout=cfg.publish_timeout_seconds)
             return json_response({"events": [{"id": p.id, "seq": p.seq} for p in published]}, 201)
         event = codec.decode_event(body, max_bytes=max_bytes)
