@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from ipt_bus import codec
+from ipt_bus.errors import CloseCode
 
 _GAP: Final = -1.0  # `accepted_at` marker of a gap frame
 
@@ -64,7 +65,7 @@ class Outbox:
             if self._full_since is None:
                 self._full_since = now
             elif now - self._full_since >= self.slow_consumer_seconds:
-                self.close(4008)
+                self.close(CloseCode.SLOW_CONSUMER)
             return False
         if self._gap is not None:
             self._push_gap()
@@ -100,7 +101,7 @@ class Outbox:
     def close(self, code: int) -> None:
         """Ask the connection to close with `code` (first code wins)."""
         if self.closed_code is None:
-            self.closed_code = code
+            self.closed_code = int(code)
             self._closed.set()
             self._wake()
             self._space.set()

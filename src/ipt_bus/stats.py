@@ -77,7 +77,6 @@ class Stats:
     _closes: deque[tuple[float, int]] = attrs.field(factory=deque)
     _closes_total: Counter[int] = attrs.field(factory=Counter)
     _refused: Counter[str] = attrs.field(factory=Counter)
-    lost_samples: int = 0
 
     def apply(self, command: StatsCommand) -> None:
         now = time.monotonic()
@@ -153,7 +152,6 @@ class Stats:
             },
             "top_topics": [{"topic": t, "count": c} for t, c in self._per_topic.most_common(10)],
             "uptime_seconds": round(uptime, 3),
-            "stats_samples_lost": self.lost_samples,
         }
 
     def topics(self) -> dict[str, tuple[int, float]]:
@@ -187,19 +185,23 @@ def _quantile(sorted_samples: list[float], q: float) -> float | None:
     return sorted_samples[min(len(sorted_samples) - 1, int(q * len(sorted_samples)))]
 
 
-@attrs.frozen
+@attrs.define
 class StatsHandle:
-    """What others hold to report to and query the stats actor."""
+    """What others hold to report to and query the stats actor.
+
+    Deltas the actor's full inbox could not take are counted here, by the one handle everybody
+    shares, and reported with each snapshot; the actor's state stays its own.
+    """
 
     _send: trio.MemorySendChannel[StatsCommand]
-    _stats: Stats
+    lost_samples: int = 0
 
     def record(self, delta: StatsCommand) -> None:
         """Report a delta without waiting; a full inbox loses it and is counted."""
         try:
             self._send.send_nowait(delta)
         except trio.WouldBlock:
-            self._stats.lost_samples += 1
+            self.lost_samples += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # shutting down
 
@@ -212,7 +214,9 @@ class StatsHandle:
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         await self._send.send(Snapshot(send))
         with receive:
-            return await receive.receive()
+            snap = await receive.receive()
+        snap["stats_samples_lost"] = self.lost_samples
+        return snap
 
 
 async def start_stats(nursery: trio.Nursery, inbox_size: int) -> StatsHandle:
@@ -220,4 +224,4 @@ async def start_stats(nursery: trio.Nursery, inbox_size: int) -> StatsHandle:
     send, receive = trio.open_memory_channel[StatsCommand](inbox_size)
     stats = Stats()
     await nursery.start(stats.run, receive)
-    return StatsHandle(send, stats)
+    return StatsHandle(send)
