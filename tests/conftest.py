@@ -23,7 +23,7 @@ RECEIVE_SECONDS = 10
 
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[Server]:
-    config = attrs.evolve(BusConfig(port=0, gc_threshold=None), **overrides)
+    config = attrs.evolve(BusConfig(port=0, storage="memory", gc_threshold=None), **overrides)
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(serve, config)
         try:

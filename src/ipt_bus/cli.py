@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from ipt_bus.bus import __version__
-from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_origins
+from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
+from ipt_bus.errors import StorageOpenError
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+E = TypeVar("E", bound=BaseException)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,10 +28,43 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
     s.add_argument(
-        "--storage", choices=["memory"], default=None, help="event log backend (default memory)"
+        "--storage",
+        choices=["sqlite", "memory"],
+        default=None,
+        help="event log: sqlite (durable, the default) or memory (a ring, lost on exit)",
     )
     s.add_argument(
-        "--buffer-size", type=int, default=None, help="events the memory log keeps (10000)"
+        "--data-dir", default=None, help="sqlite: directory of the log file (default ./.ipt-bus)"
+    )
+    s.add_argument(
+        "--durability",
+        choices=["safe", "fast"],
+        default=None,
+        help="sqlite: safe = an ack survives power loss (default); fast = survives a crash",
+    )
+    s.add_argument(
+        "--retention-events", type=int, default=None, help="sqlite: keep at most N events"
+    )
+    s.add_argument(
+        "--retention-age",
+        type=parse_duration,
+        default=None,
+        help="sqlite: drop events older than this (e.g. 12h, 7d; default 7d)",
+    )
+    s.add_argument(
+        "--retention-bytes",
+        type=parse_size,
+        default=None,
+        help="sqlite: keep at most this much event data (e.g. 500MB, 2GiB)",
+    )
+    s.add_argument(
+        "--dedupe-window",
+        type=parse_duration,
+        default=None,
+        help="how long idempotency keys are remembered (default 2m)",
+    )
+    s.add_argument(
+        "--buffer-size", type=int, default=None, help="memory: events the ring keeps (10000)"
     )
     s.add_argument(
         "--max-connections", type=int, default=None, help="WebSocket connections (10000)"
@@ -47,12 +83,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.storage == "memory" and args.retention_age is not None:
+        print("ipt-bus: --retention-age applies to --storage sqlite", file=sys.stderr)
+        return 2
     try:
         origins = None if args.allowed_origins is None else parse_origins(args.allowed_origins)
         config = BusConfig.from_env(
             host=args.host,
             port=args.port,
             storage=args.storage,
+            data_dir=args.data_dir,
+            durability=args.durability,
+            retention_events=args.retention_events,
+            retention_age_seconds=args.retention_age,
+            retention_bytes=args.retention_bytes,
+            dedupe_window_seconds=args.dedupe_window,
             buffer_size=args.buffer_size,
             max_connections=args.max_connections,
             allowed_origins=origins,
@@ -64,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_serve, config)
     except Exception as exc:  # the process's failure boundary: one clear line, then exit 1
         os_error = _leaf(exc, OSError)
-        if os_error is not None:
+        storage_error = _leaf(exc, StorageOpenError)
+        if storage_error is not None:
+            print(f"ipt-bus: {storage_error}", file=sys.stderr)
+        elif os_error is not None:
             print(
                 f"ipt-bus: cannot serve on {config.host}:{config.port}: {os_error}", file=sys.stderr
             )
@@ -74,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _leaf(exc: BaseException, kind: type[OSError]) -> OSError | None:
+def _leaf(exc: BaseException, kind: type[E]) -> E | None:
     """The first `kind` inside `exc`, looking through exception groups."""
     if isinstance(exc, kind):
         return exc

@@ -320,16 +320,33 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         frame: ClientFrame = converter.structure(obj, cls)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         raise _translate(exc) from None
-    if isinstance(frame, Publish) and (frame.event is None) == (frame.events is None):
-        raise ProtocolError(
-            ErrorCode.MISSING_FIELD,
-            "publish needs either 'event' (one object) or 'events' (a list)",
-            "event",
-        )
+    if isinstance(frame, Publish):
+        if (frame.event is None) == (frame.events is None):
+            raise ProtocolError(
+                ErrorCode.MISSING_FIELD,
+                "publish needs either 'event' (one object) or 'events' (a list)",
+                "event",
+            )
+        if frame.idempotency_key is not None:
+            check_idempotency_key(frame.idempotency_key, "idempotency_key")
     return frame
 
 
-_PUBLISH_KEYS: Final = frozenset({"event", "events", "id", "ack"})
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 256
+
+
+def check_idempotency_key(key: str, field: str) -> str:
+    """An idempotency key is 1-256 characters (a UUID is typical)."""
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {len(key)}",
+            field,
+        )
+    return key
+
+
+_PUBLISH_KEYS: Final = frozenset({"event", "events", "id", "ack", "idempotency_key"})
 
 
 def _publish_fast(obj: dict[str, Any]) -> Publish | None:
@@ -338,12 +355,14 @@ def _publish_fast(obj: dict[str, Any]) -> Publish | None:
     ack = obj.get("ack", True)
     event = obj.get("event")
     events = obj.get("events")
+    key = obj.get("idempotency_key")
     if (
         (rid is None or type(rid) is str or type(rid) is int)
         and type(ack) is bool
         and ((type(event) is dict and events is None) or (event is None and type(events) is list))
+        and (key is None or (type(key) is str and 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS))
     ):
-        return Publish(event=event, events=events, id=rid, ack=ack)
+        return Publish(event=event, events=events, id=rid, ack=ack, idempotency_key=key)
     return None
 
 

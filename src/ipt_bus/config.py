@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 MiB: Final = 1024 * 1024
 DEFAULT_PORT: Final = 8765
 
-Storage = Literal["memory"]
+Storage = Literal["sqlite", "memory"]
+Durability = Literal["safe", "fast"]
+DAY: Final = 24 * 3600.0
 
 
 @attrs.frozen
@@ -22,8 +24,18 @@ class BusConfig:
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    storage: Storage = "memory"
-    buffer_size: int = 10_000  # events the in-memory log keeps
+    storage: Storage = "sqlite"
+    data_dir: str = ".ipt-bus"  # sqlite: the log is `<data_dir>/events.sqlite3`
+    durability: Durability = "safe"  # sqlite: safe = synchronous FULL, fast = NORMAL
+    retention_events: int | None = None  # sqlite: keep at most this many events
+    retention_age_seconds: float | None = 7 * DAY  # sqlite: drop events stored longer ago
+    retention_bytes: int | None = None  # sqlite: keep at most this many encoded event bytes
+    retention_interval_seconds: float = 1.0  # how often retention runs
+    dedupe_window_seconds: float = 120.0  # idempotency keys are remembered this long
+    dlq_max_entries: int = 10_000
+    dlq_max_bytes: int = 64 * MiB
+    dlq_max_age_seconds: float = 7 * DAY
+    buffer_size: int = 10_000  # memory: events the in-memory log keeps
     node_name: str = "ipt-bus"
 
     max_event_bytes: int = 1 * MiB
@@ -76,8 +88,23 @@ class BusConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.port < 65536:
             raise ValueError("port must be between 0 and 65535")
-        if self.storage != "memory":
-            raise ValueError(f"unknown storage {self.storage!r}; this build has: memory")
+        if self.storage not in ("sqlite", "memory"):
+            raise ValueError(f"unknown storage {self.storage!r}; choose sqlite or memory")
+        if self.durability not in ("safe", "fast"):
+            raise ValueError(f"unknown durability {self.durability!r}; choose safe or fast")
+        for name in ("retention_events", "retention_bytes", "retention_age_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or unset for no limit)")
+        if self.storage == "memory" and (
+            self.retention_events is not None or self.retention_bytes is not None
+        ):
+            raise ValueError(
+                "retention limits apply to the sqlite log; the memory log keeps the last "
+                "buffer_size events (--buffer-size)"
+            )
+        if self.dedupe_window_seconds < 0:
+            raise ValueError("dedupe_window_seconds must not be negative")
 
     def limits(self) -> dict[str, int]:
         """The limits a client is told in the `welcome` frame."""
@@ -91,13 +118,17 @@ class BusConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> BusConfig:
-        """Read ``IPT_BUS_HOST``, ``IPT_BUS_PORT``, ``IPT_BUS_BUFFER_SIZE``; `overrides` win."""
+        """Read the ``IPT_BUS_*`` variables (docs/configuration.md); `overrides` win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         if "IPT_BUS_HOST" in env:
             values["host"] = env["IPT_BUS_HOST"]
         if "IPT_BUS_PORT" in env:
             values["port"] = int(env["IPT_BUS_PORT"])
+        if "IPT_BUS_STORAGE" in env:
+            values["storage"] = env["IPT_BUS_STORAGE"]
+        if "IPT_BUS_DATA_DIR" in env:
+            values["data_dir"] = env["IPT_BUS_DATA_DIR"]
         if "IPT_BUS_BUFFER_SIZE" in env:
             values["buffer_size"] = int(env["IPT_BUS_BUFFER_SIZE"])
         if "IPT_BUS_MAX_CONNECTIONS" in env:
@@ -111,3 +142,47 @@ class BusConfig:
 def parse_origins(raw: str) -> tuple[str, ...]:
     """``https://a.example, https://b.example`` -> the origins, without trailing slashes."""
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY}
+_SIZE_UNITS: Final = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_duration(raw: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    text = raw.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a duration (e.g. 90s, 15m, 12h, 7d)") from None
+    if not value > 0:
+        raise ValueError(f"{raw!r}: a duration must be positive")
+    return value
+
+
+def parse_size(raw: str) -> int:
+    """``1048576``, ``500MB``, ``2GiB`` -> bytes."""
+    text = raw.strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :] or "b"
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"{raw!r}: unknown size unit {unit!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
+    try:
+        value = int(float(digits) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a size (e.g. 500MB, 2GiB)") from None
+    if value <= 0:
+        raise ValueError(f"{raw!r}: a size must be positive")
+    return value

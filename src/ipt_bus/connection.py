@@ -27,12 +27,14 @@ from ipt_bus.errors import (
     ErrorCode,
     LimitExceeded,
     ProtocolError,
+    StorageError,
     as_protocol_error,
 )
 from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
 from ipt_bus.outbox import Outbox
 from ipt_bus.router import Answer, wait_published
 from ipt_bus.stats import Closed, Latency, Opened
+from ipt_bus.storage.base import Query
 from ipt_bus.topics import validate_pattern
 
 if TYPE_CHECKING:
@@ -244,13 +246,17 @@ class Connection:
     async def _publish(self, frame: Publish, *, small: bool) -> None:
         cfg = self._bus.config
         max_bytes = None if small else cfg.max_event_bytes
-        if frame.event is not None:
-            events = [codec.decode_event(frame.event, "event", max_bytes=max_bytes)]
-        else:
-            assert frame.events is not None
-            events = codec.decode_batch(
-                frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
-            )
+        try:
+            if frame.event is not None:
+                events = [codec.decode_event(frame.event, "event", max_bytes=max_bytes)]
+            else:
+                assert frame.events is not None
+                events = codec.decode_batch(
+                    frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
+                )
+        except ProtocolError as exc:
+            await self._dead_letter(frame, exc)
+            raise
         pipeline = self._pipeline
         if pipeline is None:
             pipeline = self._pipeline = _Pipeline.open(cfg.publishes_in_flight)
@@ -262,6 +268,7 @@ class Connection:
             reply=pipeline.answers,
             token=pipeline.token,
             timeout=cfg.publish_timeout_seconds,
+            key=frame.idempotency_key,
         )
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
         await pipeline.in_flight.send((frame, pipeline.token))
@@ -272,10 +279,17 @@ class Connection:
             try:
                 published = await pipeline.answer_for(token, timeout)
             except BusError as exc:
+                if isinstance(exc, StorageError):
+                    await self._dead_letter(frame, exc)
                 await self._error(frame.id, as_protocol_error(exc))
             else:
                 if frame.ack:
                     await self._reply(_ack(frame, published))
+
+    async def _dead_letter(self, frame: Publish, exc: BusError) -> None:
+        """Keep what a publish carried (the `event` object or the `events` list) with its error."""
+        raw = frame.event if frame.event is not None else frame.events
+        await self._bus.dead_letters.add("ws", exc, codec.dumps(raw).decode())
 
     async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
         if not topics:
@@ -357,16 +371,17 @@ class Connection:
                 [codec.gap_frame("epoch", since + 1, None, epoch=event_log.epoch)]
             )
             since = 0
-        patterns = list(self._params.patterns)
+        query = Query(tuple(self._params.patterns))
         while since < attached_at:
-            first = event_log.first_seq
-            if since < first - 1:
-                await self._send_frames([codec.gap_frame("retention", since + 1, first - 1)])
-                since = first - 1
-            page = await event_log.read_after(since, patterns, REPLAY_PAGE_EVENTS)
-            frames = [r.data for r in page if r.seq <= attached_at]
+            # the page says what was retained when it was read, so retention running meanwhile
+            # still gets its gap announced
+            page = await event_log.read_after(since, query, REPLAY_PAGE_EVENTS)
+            if since < page.first_seq - 1:
+                gap_to = min(page.first_seq - 1, attached_at)
+                await self._send_frames([codec.gap_frame("retention", since + 1, gap_to)])
+            frames = [r.data for r in page.records if r.seq <= attached_at]
             if frames:
                 await self._send_frames(frames)
-            if len(frames) < REPLAY_PAGE_EVENTS:
+            if page.next_since <= since:
                 return
-            since = page[-1].seq
+            since = page.next_since

@@ -9,6 +9,8 @@ Exception tree::
     ├── BusClosed              we closed it (shutdown); retrying elsewhere may help
     ├── BusBroken              a peer or the storage broke it
     │   └── StorageError
+    │       ├── StorageFull    the disk (or the configured size cap) is full; reads still work
+    │       └── StorageOpenError  the log cannot be opened at start (names the file)
     └── CursorExpired          a resume point the log no longer covers
 
 Wire codes are the `code` of error frames and REST error bodies; `docs/protocol.md` lists them.
@@ -41,6 +43,7 @@ class ErrorCode(enum.StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     OVERLOADED = "overloaded"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    STORAGE_FULL = "storage_full"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal_error"
 
@@ -120,6 +123,14 @@ class StorageError(BusBroken):
     """The event log failed."""
 
 
+class StorageFull(StorageError):
+    """No space to store the events: nothing was stored; it recovers once space returns."""
+
+
+class StorageOpenError(StorageError):
+    """The log cannot be opened; the message names the file and what to do."""
+
+
 class CursorExpired(BusError):
     """A resume `seq` that retention no longer covers."""
 
@@ -137,6 +148,8 @@ def as_protocol_error(exc: BusError) -> ProtocolError:
         return ProtocolError(ErrorCode.OVERLOADED, str(exc))
     if isinstance(exc, BusClosed):
         return ProtocolError(ErrorCode.SHUTTING_DOWN, str(exc))
+    if isinstance(exc, StorageFull):
+        return ProtocolError(ErrorCode.STORAGE_FULL, f"the event log is full: {exc}")
     if isinstance(exc, StorageError):
         return ProtocolError(ErrorCode.STORAGE_UNAVAILABLE, f"the event log failed: {exc}")
     return ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -150,6 +163,7 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.OVERLOADED: 503,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
+    ErrorCode.STORAGE_FULL: 507,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -34,6 +34,7 @@ class Publish:
     events: list[Any] | None = None
     id: RequestId = None
     ack: bool = True
+    idempotency_key: str | None = None  # a repeat within the dedupe window gets the first ack
 
 
 @attrs.frozen

@@ -23,8 +23,8 @@ import trio
 from ipt_bus.errors import BusClosed, LimitExceeded, Overloaded, StorageError
 from ipt_bus.model import Event, Published
 from ipt_bus.outbox import Outbox
-from ipt_bus.stats import Accepted, Dropped, StatsHandle
-from ipt_bus.storage.base import EventLog, Record
+from ipt_bus.stats import Accepted, Counted, Dropped, StatsHandle
+from ipt_bus.storage.base import EventLog, Key, Record
 from ipt_bus.topics import TopicIndex
 
 ConnId = int
@@ -39,6 +39,7 @@ class Publish:
     accepted_at: float
     reply: trio.MemorySendChannel[Answer]
     token: int = 0  # echoed in the answer, so one channel can carry many answers
+    key: str | None = None  # idempotency key: a repeat within the window gets the first answer
 
 
 @attrs.frozen
@@ -135,20 +136,43 @@ class Router:
                 break
             batch.append(command)
             count += len(command.events)
-        events = [e for p in batch for e in p.events]
-        try:
-            records = await self._log.append(events)
-        except StorageError as exc:
-            for p in batch:
-                _answer(p.reply, (p.token, exc))
-            return following
-        offset = 0
+        events: list[Event] = []
+        keys: list[Key] = []
+        logged: list[Publish] = []  # the publishes whose events go into this append
+        repeats: list[tuple[Publish, Publish | list[Published]]] = []
+        first_with: dict[str, Publish] = {}
         for p in batch:
-            n = len(p.events)
-            mine = records[offset : offset + n]
-            offset += n
-            _answer(p.reply, (p.token, [Published(r.event.id or "", r.seq) for r in mine]))
-        self._fan_out(records, batch)
+            if p.key is not None:
+                known = self._log.recall(p.key)
+                earlier = first_with.get(p.key)
+                if known is not None or earlier is not None:
+                    repeats.append((p, known if known is not None else earlier))  # type: ignore[arg-type]
+                    continue
+                first_with[p.key] = p
+                keys.append(Key(p.key, len(events), len(p.events)))
+            logged.append(p)
+            events.extend(p.events)
+        answers: dict[int, list[Published]] = {}  # id(Publish) -> its answer
+        if events:
+            try:
+                records = await self._log.append(events, keys)
+            except StorageError as exc:
+                for p in batch:
+                    _answer(p.reply, (p.token, exc))
+                return following
+            offset = 0
+            for p in logged:
+                n = len(p.events)
+                mine = [Published(r.id, r.seq) for r in records[offset : offset + n]]
+                offset += n
+                answers[id(p)] = mine
+                _answer(p.reply, (p.token, mine))
+            self._fan_out(records, logged)
+        for p, original in repeats:
+            answer = original if isinstance(original, list) else answers[id(original)]
+            _answer(p.reply, (p.token, answer))
+        if repeats:
+            self._stats.record(Counted("idempotent_repeats", len(repeats)))
         return following
 
     def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:
@@ -160,7 +184,7 @@ class Router:
             for _ in p.events:
                 record = records[index]
                 index += 1
-                topic = record.event.topic
+                topic = record.topic
                 per_topic[topic] += 1
                 targets = self._targets.get(topic)
                 if targets is None:
@@ -276,7 +300,9 @@ class RouterHandle:
     _send: trio.MemorySendChannel[RouterCommand]
     _router: Router
 
-    async def publish(self, events: Sequence[Event], *, timeout: float) -> list[Published]:
+    async def publish(
+        self, events: Sequence[Event], *, timeout: float, key: str | None = None
+    ) -> list[Published]:
         """Append `events` to the log and fan them out; returns where each went, in order.
 
         Waits while the bus is saturated (backpressure). `timeout` is a parameter (not the
@@ -292,7 +318,7 @@ class RouterHandle:
         start = trio.current_time()
         send, receive = trio.open_memory_channel[Answer](1)
         with receive:
-            await self.submit(events, reply=send, timeout=timeout)
+            await self.submit(events, reply=send, timeout=timeout, key=key)
             remaining = timeout - (trio.current_time() - start)
             return await wait_published(receive, 0, timeout=remaining)
 
@@ -303,6 +329,7 @@ class RouterHandle:
         reply: trio.MemorySendChannel[Answer],
         token: int = 0,
         timeout: float,
+        key: str | None = None,
     ) -> None:
         """Hand `events` to the router without waiting for the log; the answer arrives on
         `reply` tagged with `token` (see `wait_published`). Lets a connection pipeline.
@@ -311,7 +338,7 @@ class RouterHandle:
             Overloaded: the router did not take them within `timeout` (they are not published).
             BusClosed: the bus is shutting down.
         """
-        command = Publish(events, trio.current_time(), reply, token)
+        command = Publish(events, trio.current_time(), reply, token, key)
         try:
             self._send.send_nowait(command)  # the common case: no timer needed
             return

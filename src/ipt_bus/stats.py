@@ -35,6 +35,14 @@ class Dropped:
 
 
 @attrs.frozen
+class Counted:
+    """Something other than an event delivery happened `count` times (`/stats` "counters")."""
+
+    name: str
+    count: int = 1
+
+
+@attrs.frozen
 class Latency:
     seconds: float
 
@@ -60,7 +68,7 @@ class Snapshot:
     reply: trio.MemorySendChannel[dict[str, Any]]
 
 
-StatsCommand = Accepted | Dropped | Latency | Opened | Closed | Refused | Snapshot
+StatsCommand = Accepted | Dropped | Counted | Latency | Opened | Closed | Refused | Snapshot
 
 
 @attrs.define
@@ -71,6 +79,7 @@ class Stats:
     _last_seen: dict[str, float] = attrs.field(factory=dict)
     _per_second: deque[tuple[int, int]] = attrs.field(factory=deque)  # (second, count)
     _dropped: Counter[str] = attrs.field(factory=Counter)
+    _counts: Counter[str] = attrs.field(factory=Counter)
     _latency: deque[float] = attrs.field(factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _open: dict[int, float] = attrs.field(factory=dict)  # conn_id -> opened (monotonic)
     _opens: deque[float] = attrs.field(factory=deque)
@@ -95,6 +104,8 @@ class Stats:
                         self._per_second.popleft()
             case Dropped(reason=reason, count=count):
                 self._dropped[reason] += count
+            case Counted(name=name, count=count):
+                self._counts[name] += count
             case Latency(seconds=seconds):
                 self._latency.append(seconds)
             case Opened(conn_id=conn_id):
@@ -150,6 +161,7 @@ class Stats:
                     round(statistics.median(ages), 3) if ages else None
                 ),
             },
+            "counters": dict(self._counts),
             "top_topics": [{"topic": t, "count": c} for t, c in self._per_topic.most_common(10)],
             "uptime_seconds": round(uptime, 3),
         }

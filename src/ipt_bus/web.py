@@ -31,10 +31,12 @@ from ipt_bus.errors import (
     LimitExceeded,
     Overloaded,
     ProtocolError,
+    StorageError,
     as_protocol_error,
     http_status,
 )
 from ipt_bus.stats import Refused
+from ipt_bus.storage.base import DeadLetter, Query
 from ipt_bus.topics import parse_patterns
 
 log = logging.getLogger("ipt_bus.web")
@@ -337,7 +339,6 @@ def _routes(app: BusApp) -> None:
     @app.post("/events")
     async def post_events() -> Response:
         bus = _bus(app)
-        cfg = bus.config
         mimetype = request.mimetype
         if mimetype != JSON:
             raise ProtocolError(
@@ -345,51 +346,89 @@ def _routes(app: BusApp) -> None:
                 f"Content-Type must be {JSON}, got {mimetype or 'none'!r}",
                 "Content-Type",
             )
-        raw = await request.get_data(cache=False)
-        body = codec.loads(raw)
-        # a body under the event limit cannot hold an event over it: skip measuring each one
-        max_bytes = cfg.max_event_bytes if len(raw) > cfg.max_event_bytes else None
-        if isinstance(body, list):
-            events = codec.decode_batch(body, max_events=cfg.max_batch_events, max_bytes=max_bytes)
-            published = await bus.router.publish(events, timeout=cfg.publish_timeout_seconds)
-            return json_response({"events": [{"id": p.id, "seq": p.seq} for p in published]}, 201)
-        event = codec.decode_event(body, max_bytes=max_bytes)
-        (p,) = await bus.router.publish([event], timeout=cfg.publish_timeout_seconds)
-        return json_response({"id": p.id, "seq": p.seq}, 201)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            codec.check_idempotency_key(key, "Idempotency-Key")
+        data = await request.get_data(cache=False)
+        raw = data if isinstance(data, bytes) else data.encode()
+        try:
+            body = await _publish_body(bus, raw, key)
+        except (ProtocolError, StorageError) as exc:
+            await bus.dead_letters.add("rest", exc, raw.decode("utf-8", "replace"))
+            raise
+        return json_response(body, 201)
 
     @app.get("/events")
     async def get_events() -> Response:
         bus = _bus(app)
         cfg = bus.config
         query = {k: request.args.getlist(k) for k in request.args}
-        unknown = set(query) - {"topic", "limit", "since"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ProtocolError(
-                ErrorCode.INVALID_QUERY,
-                f"unknown query parameter {name!r}; allowed: topic, limit, since",
-                name,
-            )
-        patterns: list[str] = []
-        for raw in query.get("topic", []):
-            patterns.extend(parse_patterns(raw, "topic"))
+        _only(query, EVENT_QUERY_PARAMS)
+        event_query = _event_query(query)
         limit = _int_param(query, "limit", minimum=0)
         requested = cfg.default_query_limit if limit is None else limit
         capped = requested > cfg.max_query_limit
         limit = min(requested, cfg.max_query_limit)
         since = _int_param(query, "since", minimum=0)
+        epoch = _last(query, "epoch") or None
+        meta: dict[str, Any] = {"count": 0, "limit": limit, "capped": capped}
         if since is None:
-            records = await bus.log.read_latest(patterns, limit)
-            tail = b""
+            records = await bus.log.read_latest(event_query, limit)
         else:
-            records = await bus.log.read_after(since, patterns, limit)
-            nxt = records[-1].seq if records else max(since, 0)
-            tail = b',"next":' + str(nxt).encode()
+            if epoch is not None and epoch != bus.log.epoch:
+                meta["gap"] = {"reason": "epoch", "from_seq": since + 1, "to_seq": None}
+                since = 0
+            page = await bus.log.read_after(since, event_query, limit)
+            records = page.records
+            meta["next"] = page.next_since
+            if since < page.first_seq - 1:
+                meta["gap"] = {
+                    "reason": "retention",
+                    "from_seq": since + 1,
+                    "to_seq": page.first_seq - 1,
+                }
+        meta["count"] = len(records)
+        meta["epoch"] = bus.log.epoch
         head = b'{"events":[' + ",".join(r.data for r in records).encode() + b"]"
-        meta = codec.dumps(
-            {"count": len(records), "limit": limit, "capped": capped, "epoch": bus.log.epoch}
-        )
-        return json_response(head + tail + b"," + meta[1:])
+        return json_response(head + b"," + codec.dumps(meta)[1:])
+
+    @app.get("/dlq")
+    async def get_dead_letters() -> Response:
+        bus = _bus(app)
+        query = {k: request.args.getlist(k) for k in request.args}
+        _only(query, ("limit", "after"))
+        limit = _int_param(query, "limit", minimum=1, maximum=bus.config.max_query_limit) or 100
+        after = _int_param(query, "after", minimum=0) or 0
+        letters = bus.dead_letters.list(after=after, limit=limit)
+        body: dict[str, Any] = {
+            "dead_letters": [_letter_json(d) for d in letters],
+            "count": len(letters),
+            "total": bus.dead_letters.stats()["size"],
+        }
+        if letters:
+            body["next"] = letters[-1].id
+        return json_response(body)
+
+    @app.post("/dlq/<int:letter_id>/retry")
+    async def retry_dead_letter(letter_id: int) -> Response:
+        bus = _bus(app)
+        letter = bus.dead_letters.get(letter_id)
+        if letter is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
+        try:
+            body = await _publish_body(bus, letter.raw.encode(), None)
+        except (ProtocolError, StorageError) as exc:
+            await bus.dead_letters.failed_again(letter_id, exc)
+            raise
+        await bus.dead_letters.remove(letter_id, why="retried")
+        return json_response(body, 201)
+
+    @app.delete("/dlq/<int:letter_id>")
+    async def delete_dead_letter(letter_id: int) -> Response:
+        bus = _bus(app)
+        if not await bus.dead_letters.remove(letter_id, why="deleted"):
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
+        return Response(b"", status=204)
 
     @app.get("/topics")
     async def get_topics() -> Response:
@@ -422,11 +461,26 @@ def _routes(app: BusApp) -> None:
             "capacity": capacity,
             "utilization": round(log_stats.size / capacity, 4) if capacity else None,
         }
+        cfg = bus.config
         snap["log"] = {
+            "storage": cfg.storage,
             "epoch": bus.log.epoch,
+            "events": log_stats.size,
+            "bytes": log_stats.bytes,
             "first_seq": log_stats.first_seq,
             "last_seq": log_stats.last_seq,
+            "problem": bus.log.problem(),
         }
+        if cfg.storage == "sqlite":
+            snap["log"] |= {
+                "durability": cfg.durability,
+                "retention": {
+                    "events": cfg.retention_events,
+                    "age_seconds": cfg.retention_age_seconds,
+                    "bytes": cfg.retention_bytes,
+                },
+            }
+        snap["dead_letters"] = bus.dead_letters.stats()
         return json_response(snap)
 
     @app.get("/health")
@@ -443,7 +497,7 @@ def _routes(app: BusApp) -> None:
             checks["stats"] = "ok"
         checks.setdefault("stats", "slow: no answer within 1 s")
         checks["router"] = "ok" if not bus.router.saturated() else "saturated: publishers wait"
-        checks["log"] = "ok"
+        checks["log"] = bus.log.problem() or "ok"
         status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
         return json_response(
             {
@@ -454,6 +508,95 @@ def _routes(app: BusApp) -> None:
                 "checked_in_ms": round((time.monotonic() - started) * 1000, 3),
             }
         )
+
+
+EVENT_QUERY_PARAMS: Final = (
+    "topic",
+    "limit",
+    "since",
+    "epoch",
+    "type",
+    "correlation_id",
+    "from",
+    "to",
+)
+
+
+def _only(query: dict[str, list[str]], allowed: tuple[str, ...]) -> None:
+    unknown = set(query) - set(allowed)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ProtocolError(
+            ErrorCode.INVALID_QUERY,
+            f"unknown query parameter {name!r}; allowed: {', '.join(allowed)}",
+            name,
+        )
+
+
+def _event_query(query: dict[str, list[str]]) -> Query:
+    """The filters of `GET /events`: topic patterns, types, correlation id, time range."""
+    patterns: list[str] = []
+    for raw in query.get("topic", []):
+        patterns.extend(parse_patterns(raw, "topic"))
+    types = [t for raw in query.get("type", []) for t in raw.split(",") if t]
+    correlation_id = _last(query, "correlation_id") or None
+    return Query(
+        patterns=tuple(dict.fromkeys(patterns)),
+        types=tuple(dict.fromkeys(types)),
+        correlation_id=correlation_id,
+        time_from=_time_param(query, "from"),
+        time_to=_time_param(query, "to"),
+    )
+
+
+def _time_param(query: dict[str, list[str]], name: str) -> float | None:
+    """ISO-8601 (``2026-11-27T10:00:00Z``; no zone means UTC) or Unix seconds."""
+    raw = _last(query, name)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.INVALID_QUERY,
+            f"{name} must be an ISO-8601 time or Unix seconds, got {raw[:40]!r}",
+            name,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+async def _publish_body(bus: BusHandle, raw: bytes, key: str | None) -> dict[str, Any]:
+    """Decode a REST body (one event or an array) and publish it; the 201 answer's body."""
+    cfg = bus.config
+    body = codec.loads(raw)
+    # a body under the event limit cannot hold an event over it: skip measuring each one
+    max_bytes = cfg.max_event_bytes if len(raw) > cfg.max_event_bytes else None
+    timeout = cfg.publish_timeout_seconds
+    if isinstance(body, list):
+        events = codec.decode_batch(body, max_events=cfg.max_batch_events, max_bytes=max_bytes)
+    else:
+        events = [codec.decode_event(body, max_bytes=max_bytes)]
+    published = await bus.router.publish(events, timeout=timeout, key=key)
+    if isinstance(body, list) or len(published) != 1:
+        return {"events": [{"id": p.id, "seq": p.seq} for p in published]}
+    return {"id": published[0].id, "seq": published[0].seq}
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "at": _iso(letter.at),
+        "source": letter.source,
+        "error": {"code": letter.code, "message": letter.message, "field": letter.field},
+        "attempts": letter.attempts,
+        "raw": letter.raw,
+    }
 
 
 def _iso(unix: float | None) -> str | None:

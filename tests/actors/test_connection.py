@@ -42,7 +42,7 @@ class FakeSocket:
 async def test_a_client_past_the_frame_rate_is_read_slower(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    config = BusConfig(port=0, max_frames_per_second=100, gc_threshold=None)
+    config = BusConfig(port=0, storage="memory", max_frames_per_second=100, gc_threshold=None)
     sock = FakeSocket(['{"action": "ping"}'] * 300, pongs_wanted=300)
     async with trio.open_nursery() as nursery:
         bus = await nursery.start(run_bus, config)

@@ -110,9 +110,9 @@ async def test_publishers_wait_when_the_router_is_saturated(
     release = trio.Event()
 
     class StalledLog(MemoryLog):
-        async def append(self, events):  # type: ignore[no-untyped-def]
+        async def append(self, events, keys=()):  # type: ignore[no-untyped-def]
             await release.wait()
-            return self.append_nowait(events)
+            return self.append_nowait(events, keys)
 
     async with trio.open_nursery() as nursery:
         stats = await start_stats(nursery, 100)

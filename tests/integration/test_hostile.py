@@ -255,9 +255,9 @@ async def test_saturated_bus_answers_503_and_overloaded_and_loses_nothing_acked(
     release = trio.Event()
     original = MemoryLog.append
 
-    async def stalled(self, events):
+    async def stalled(self, events, keys=()):
         await release.wait()
-        return await original(self, events)
+        return await original(self, events, keys)
 
     monkeypatch.setattr(MemoryLog, "append", stalled)
     async with running_server(router_inbox=1, publish_timeout_seconds=0.5) as server:
@@ -390,7 +390,7 @@ async def test_stats_accounting_is_consistent() -> None:
 async def test_a_failing_log_is_storage_unavailable_and_nothing_is_acked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def broken(self, events):  # type: ignore[no-untyped-def]
+    async def broken(self, events, keys=()):  # type: ignore[no-untyped-def]
         raise StorageError("disk on fire")
 
     monkeypatch.setattr(MemoryLog, "append", broken)

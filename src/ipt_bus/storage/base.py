@@ -1,13 +1,17 @@
 """The `EventLog` interface: what every storage backend promises.
 
 Contract:
-- `append` assigns each event the next `seq` (strictly increasing, no reuse within an epoch) and
-  an `id`, and returns only once the events are in the log (for durable backends: committed).
-  Order within one call is kept. The router is the only caller, so calls never overlap.
+- `append` assigns each event the next `seq` (strictly increasing, never reused within an epoch,
+  also across restarts of a durable log) and an `id`, and returns only once the events are in the
+  log (for durable backends: committed). Order within one call is kept. The router is the only
+  caller, so calls never overlap. It raises `StorageError` and stores nothing when it fails.
+- `keys` names the idempotency keys of the publishes in the call; `recall(key)` returns what a
+  key's publish got while the key is inside the dedupe window (for durable logs, across restarts).
 - `epoch` changes whenever the log starts over (a new memory log, a new database): a `seq` from
   another epoch means nothing here.
-- `read_after(since, ...)` returns the oldest matching events with `seq > since`, at most `limit`;
-  `read_latest(...)` the newest `limit` matching ones, in ascending order. `limit=0` returns none.
+- `read_after(since, query, limit)` returns the oldest matching events with `seq > since`, at most
+  `limit`, and the cursor to continue from; `read_latest(query, limit)` the newest `limit`
+  matching ones, in ascending order. `limit=0` returns none.
 - `first_seq` is the oldest retained `seq` (`last_seq + 1` when empty); `last_seq` is 0 when
   nothing was ever appended. A reader asking for `since < first_seq - 1` has lost history:
   that is the caller's to announce (a `gap` with reason `retention`).
@@ -15,11 +19,13 @@ Contract:
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from ipt_bus.model import Event
+from ipt_bus.model import Event, Published
+from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,15 +33,57 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class Record:
-    """An event as stored: the event (with `id`/`seq`) and its encoded JSON, made once."""
+    """An event as stored: where it is, and its encoded JSON (made once, sent to everyone)."""
 
-    event: Event
+    seq: int
+    id: str
+    topic: str
     data: str
 
-    @property
-    def seq(self) -> int:
-        assert self.event.seq is not None
-        return self.event.seq
+
+@attrs.frozen
+class Query:
+    """A filter over the log (DESIGN §4, `GET /events`): every given condition must hold."""
+
+    patterns: tuple[str, ...] = ()  # topic patterns; none: every topic
+    types: tuple[str, ...] = ()
+    correlation_id: str | None = None
+    time_from: float | None = None  # unix seconds of the event's `timestamp`, inclusive
+    time_to: float | None = None  # exclusive
+
+    def matches(self, event: Event) -> bool:
+        if self.patterns and not matches_any(self.patterns, event.topic):
+            return False
+        if self.types and event.type not in self.types:
+            return False
+        if self.correlation_id is not None and event.correlation_id != self.correlation_id:
+            return False
+        if self.time_from is None and self.time_to is None:
+            return True
+        assert event.timestamp is not None  # stored events always have one
+        ts = event.timestamp.timestamp()
+        return (self.time_from is None or ts >= self.time_from) and (
+            self.time_to is None or ts < self.time_to
+        )
+
+
+ALL = Query()
+
+
+@attrs.frozen
+class Page:
+    records: list[Record]
+    next_since: int  # continue from here: every event up to it was examined
+    first_seq: int  # the oldest retained `seq` when the page was read (after a gap, if any)
+
+
+@attrs.frozen
+class Key:
+    """An idempotency key of one publish inside an `append` call."""
+
+    key: str
+    start: int  # index of the publish's first event in the call's events
+    count: int
 
 
 @attrs.frozen
@@ -44,6 +92,7 @@ class LogStats:
     capacity: int | None  # events it can hold; None when bounded otherwise
     first_seq: int
     last_seq: int
+    bytes: int  # encoded event bytes held (for SQLite: the database file's pages in use)
 
 
 class EventLog(Protocol):
@@ -56,12 +105,81 @@ class EventLog(Protocol):
     @property
     def last_seq(self) -> int: ...
 
-    async def append(self, events: Sequence[Event]) -> list[Record]: ...
+    async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]: ...
 
-    async def read_after(self, since: int, patterns: Sequence[str], limit: int) -> list[Record]: ...
+    def recall(self, key: str) -> list[Published] | None: ...
 
-    async def read_latest(self, patterns: Sequence[str], limit: int) -> list[Record]: ...
+    async def read_after(self, since: int, query: Query, limit: int) -> Page: ...
+
+    async def read_latest(self, query: Query, limit: int) -> list[Record]: ...
+
+    async def enforce_retention(self) -> int:
+        """Remove what the retention settings no longer keep; returns how many events went."""
+        ...
 
     def stats(self) -> LogStats: ...
 
+    def problem(self) -> str | None:
+        """Why the log cannot take writes right now (e.g. the disk is full), or None."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+@attrs.define
+class KeyWindow:
+    """Idempotency keys seen within the last `window_seconds`, oldest first.
+
+    Bounded: past `max_keys` the oldest key is forgotten early (counted in `evicted`), so a
+    flood of keyed publishes cannot grow memory without limit.
+    """
+
+    window_seconds: float
+    max_keys: int = 100_000
+    evicted: int = 0
+    _keys: collections.OrderedDict[str, tuple[float, list[Published]]] = attrs.field(
+        factory=collections.OrderedDict
+    )
+
+    def get(self, key: str, now: float) -> list[Published] | None:
+        found = self._keys.get(key)
+        if found is None or found[0] < now - self.window_seconds:
+            return None
+        return found[1]
+
+    def put(self, key: str, published: list[Published], at: float) -> None:
+        self._keys[key] = (at, published)
+        self._keys.move_to_end(key)
+        self.prune(at)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+            self.evicted += 1
+
+    def prune(self, now: float) -> None:
+        cutoff = now - self.window_seconds
+        while self._keys:
+            oldest = next(iter(self._keys.values()))
+            if oldest[0] >= cutoff:
+                break
+            self._keys.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def event_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+@attrs.frozen
+class DeadLetter:
+    """Something a transport handed the bus that it could not turn into logged events."""
+
+    id: int
+    at: float  # unix seconds
+    source: str  # "rest", "ws", "file:<path>", ...
+    code: str  # the error code it got (docs/protocol.md)
+    message: str
+    field: str | None
+    raw: str  # what was received, as text: retrying decodes it again
+    attempts: int = 0

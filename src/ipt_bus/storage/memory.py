@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ipt_bus.codec import encode_event
-from ipt_bus.model import Event
-from ipt_bus.storage.base import LogStats, Record
-from ipt_bus.topics import matches_any
+from ipt_bus.model import Event, Published
+from ipt_bus.storage.base import Key, KeyWindow, LogStats, Page, Query, Record, event_id
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -22,12 +22,16 @@ class MemoryLog:
     """Ring of records indexed by ``seq % capacity``: O(1) append and seek."""
 
     capacity: int
+    dedupe_window_seconds: float = 120.0
     _epoch: str = attrs.field(factory=lambda: secrets.token_hex(8))
-    _ring: list[Record | None] = attrs.field(init=False)
+    _ring: list[tuple[Record, Event] | None] = attrs.field(init=False)
     _last: int = 0
+    _bytes: int = 0
+    _keys: KeyWindow = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._ring = [None] * self.capacity
+        self._keys = KeyWindow(self.dedupe_window_seconds)
 
     @property
     def epoch(self) -> str:
@@ -41,13 +45,15 @@ class MemoryLog:
     def last_seq(self) -> int:
         return self._last
 
-    async def append(self, events: Sequence[Event]) -> list[Record]:
-        return self.append_nowait(events)
+    async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
+        return self.append_nowait(events, keys)
 
-    def append_nowait(self, events: Sequence[Event]) -> list[Record]:
+    def append_nowait(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
         now = datetime.now(UTC)
         out = []
         seq = self._last
+        ring = self._ring
+        capacity = self.capacity
         for event in events:
             seq += 1
             stored = Event(  # direct: attrs.evolve costs 3x as much on this hot path
@@ -57,41 +63,60 @@ class MemoryLog:
                 timestamp=event.timestamp or now,
                 source=event.source,
                 correlation_id=event.correlation_id,
-                id=f"{self._epoch}-{seq}",
+                id=event_id(self._epoch, seq),
                 seq=seq,
             )
-            record = Record(stored, encode_event(stored).decode())
-            self._ring[seq % self.capacity] = record
+            record = Record(seq, stored.id or "", stored.topic, encode_event(stored).decode())
+            old = ring[seq % capacity]
+            if old is not None:
+                self._bytes -= len(old[0].data)
+            self._bytes += len(record.data)
+            ring[seq % capacity] = (record, stored)
             out.append(record)
         self._last = seq
+        if keys:
+            at = time.time()
+            for k in keys:
+                mine = out[k.start : k.start + k.count]
+                self._keys.put(k.key, [Published(r.id, r.seq) for r in mine], at)
         return out
 
-    def _get(self, seq: int) -> Record:
-        record = self._ring[seq % self.capacity]
-        assert record is not None
-        return record
+    def recall(self, key: str) -> list[Published] | None:
+        return self._keys.get(key, time.time())
 
-    async def read_after(self, since: int, patterns: Sequence[str], limit: int) -> list[Record]:
+    def _get(self, seq: int) -> tuple[Record, Event]:
+        entry = self._ring[seq % self.capacity]
+        assert entry is not None
+        return entry
+
+    async def read_after(self, since: int, query: Query, limit: int) -> Page:
         out: list[Record] = []
-        seq = max(since + 1, self.first_seq)
-        while seq <= self._last and len(out) < limit:
-            record = self._get(seq)
-            if matches_any(patterns, record.event.topic):
+        first = self.first_seq
+        seq = max(since + 1, first)
+        last = self._last
+        while seq <= last and len(out) < limit:
+            record, event = self._get(seq)
+            if query.matches(event):
                 out.append(record)
             seq += 1
-        return out
+        next_since = out[-1].seq if len(out) == limit and out else max(since, last)
+        return Page(out, next_since, first)
 
-    async def read_latest(self, patterns: Sequence[str], limit: int) -> list[Record]:
+    async def read_latest(self, query: Query, limit: int) -> list[Record]:
         out: list[Record] = []
         seq = self._last
         first = self.first_seq
         while seq >= first and len(out) < limit:
-            record = self._get(seq)
-            if matches_any(patterns, record.event.topic):
+            record, event = self._get(seq)
+            if query.matches(event):
                 out.append(record)
             seq -= 1
         out.reverse()
         return out
+
+    async def enforce_retention(self) -> int:
+        self._keys.prune(time.time())
+        return 0  # the ring keeps its last `capacity` events by construction
 
     def stats(self) -> LogStats:
         return LogStats(
@@ -99,7 +124,11 @@ class MemoryLog:
             capacity=self.capacity,
             first_seq=self.first_seq,
             last_seq=self._last,
+            bytes=self._bytes,
         )
+
+    def problem(self) -> str | None:
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -1,0 +1,153 @@
+"""Dead letters: what a transport handed the bus that it could not turn into logged events.
+
+Publishes that fail validation, or that the log failed to store, are kept here with the error
+they got, where they came from and when, so nothing the bus was given vanishes silently
+(`accepted + rejected + dead_lettered == received` holds per transport). Bounded by count,
+bytes and age; the oldest go first, and that too is counted. A durable log persists each entry
+(so they survive a restart); reads are served from memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+from ipt_bus.errors import BusError, StorageError, as_protocol_error
+from ipt_bus.storage.base import DeadLetter
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+
+class DeadLetterStore(Protocol):
+    """Where dead letters are persisted (the SQLite log); memory mode has none."""
+
+    async def put_dead(self, letter: DeadLetter) -> None: ...
+
+    async def drop_dead(self, ids: Sequence[int]) -> None: ...
+
+
+@attrs.define
+class DeadLetters:
+    max_entries: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_age_seconds: float = 7 * 24 * 3600.0
+    store: DeadLetterStore | None = None
+    _entries: collections.OrderedDict[int, DeadLetter] = attrs.field(
+        factory=collections.OrderedDict
+    )
+    _bytes: int = 0
+    _next_id: int = 1
+    counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def load(self, letters: Iterable[DeadLetter]) -> None:
+        """Take the entries a durable log held at start-up."""
+        for letter in letters:
+            self._entries[letter.id] = letter
+            self._bytes += len(letter.raw)
+            self._next_id = max(self._next_id, letter.id + 1)
+
+    async def add(self, source: str, error: BusError, raw: str) -> DeadLetter:
+        wire = as_protocol_error(error)
+        letter = DeadLetter(
+            id=self._next_id,
+            at=time.time(),
+            source=source,
+            code=str(wire.code),
+            message=wire.message,
+            field=wire.field,
+            raw=raw,
+        )
+        self._next_id += 1
+        self._entries[letter.id] = letter
+        self._bytes += len(raw)
+        self.counts["added"] += 1
+        evicted = self._evict(letter.at)
+        await self._persist(letter, evicted)
+        return letter
+
+    def _evict(self, now: float) -> list[int]:
+        gone = []
+        horizon = now - self.max_age_seconds
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            over = len(self._entries) > self.max_entries or self._bytes > self.max_bytes
+            if not over and oldest.at >= horizon:
+                break
+            self._forget(oldest.id)
+            gone.append(oldest.id)
+            self.counts["evicted"] += 1
+        return gone
+
+    def _forget(self, letter_id: int) -> DeadLetter | None:
+        letter = self._entries.pop(letter_id, None)
+        if letter is not None:
+            self._bytes -= len(letter.raw)
+        return letter
+
+    async def _persist(self, letter: DeadLetter | None, gone: Sequence[int]) -> None:
+        if self.store is None:
+            return
+        try:
+            if gone:
+                await self.store.drop_dead(gone)
+            if letter is not None:
+                await self.store.put_dead(letter)
+        except StorageError:
+            # kept in memory all the same; the count says the copy on disk is missing
+            self.counts["persist_failed"] += 1
+
+    async def expire(self) -> None:
+        """Apply the age limit (called by the bus's retention task)."""
+        gone = self._evict(time.time())
+        if gone:
+            await self._persist(None, gone)
+
+    def get(self, letter_id: int) -> DeadLetter | None:
+        return self._entries.get(letter_id)
+
+    def list(self, *, after: int = 0, limit: int = 100) -> list[DeadLetter]:
+        out = []
+        for letter in self._entries.values():
+            if letter.id > after:
+                out.append(letter)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def remove(self, letter_id: int, *, why: str) -> bool:
+        """Drop an entry (`why`: "deleted" or "retried"); False when there is none."""
+        if self._forget(letter_id) is None:
+            return False
+        self.counts[why] += 1
+        await self._persist(None, [letter_id])
+        return True
+
+    async def failed_again(self, letter_id: int, error: BusError) -> DeadLetter | None:
+        """Record a failed retry: the entry keeps its place with the new error, one more attempt."""
+        letter = self._entries.get(letter_id)
+        if letter is None:
+            return None
+        wire = as_protocol_error(error)
+        updated = attrs.evolve(
+            letter,
+            code=str(wire.code),
+            message=wire.message,
+            field=wire.field,
+            attempts=letter.attempts + 1,
+        )
+        self._entries[letter_id] = updated
+        self.counts["retry_failed"] += 1
+        await self._persist(updated, [])
+        return updated
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "size": len(self._entries),
+            "bytes": self._bytes,
+            "max_entries": self.max_entries,
+            "counts": dict(self.counts),
+        }
