@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 RECEIVE_SECONDS = 10
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers started as processes keep their SQLite log in a fresh directory, never in ./"""
+    monkeypatch.setenv("IPT_BUS_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[Server]:
     config = attrs.evolve(BusConfig(port=0, storage="memory", gc_threshold=None), **overrides)

@@ -375,18 +375,17 @@ def _routes(app: BusApp) -> None:
         if since is None:
             records = await bus.log.read_latest(event_query, limit)
         else:
+            gaps = meta["gaps"] = []  # as the WebSocket's gap notices, in order
             if epoch is not None and epoch != bus.log.epoch:
-                meta["gap"] = {"reason": "epoch", "from_seq": since + 1, "to_seq": None}
+                gaps.append({"reason": "epoch", "from_seq": since + 1, "to_seq": None})
                 since = 0
             page = await bus.log.read_after(since, event_query, limit)
             records = page.records
             meta["next"] = page.next_since
             if since < page.first_seq - 1:
-                meta["gap"] = {
-                    "reason": "retention",
-                    "from_seq": since + 1,
-                    "to_seq": page.first_seq - 1,
-                }
+                gaps.append(
+                    {"reason": "retention", "from_seq": since + 1, "to_seq": page.first_seq - 1}
+                )
         meta["count"] = len(records)
         meta["epoch"] = bus.log.epoch
         head = b'{"events":[' + ",".join(r.data for r in records).encode() + b"]"

@@ -47,7 +47,7 @@ from ipt_bus.storage.worker import Worker
 from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 Durability = Literal["safe", "fast"]
 FILE_NAME: Final = "events.sqlite3"
@@ -135,6 +135,7 @@ class SqliteLog:
     _bytes: int
     _keys: KeyWindow
     dead_on_open: list[DeadLetter]
+    clock: Callable[[], float] = time.time  # stored_at, retention by age, idempotency window
     _problem: str | None = None
     _last_key_prune: float = 0.0
 
@@ -205,7 +206,7 @@ class SqliteLog:
 
     async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
         now_dt = datetime.now(UTC)
-        now = now_dt.timestamp()
+        now = self.clock()
         epoch = self._epoch
         seq = self._last
         records: list[Record] = []
@@ -226,7 +227,7 @@ class SqliteLog:
             raw = encode_event(stored)
             data = raw.decode()
             records.append(Record(seq, stored.id or "", event.topic, data))
-            ts = now if event.timestamp is None else event.timestamp.timestamp()
+            ts = (event.timestamp or now_dt).timestamp()
             cid = event.correlation_id
             rows.append((seq, event.topic, event.type, ts, now, cid, len(raw), data))
             added_bytes += len(raw)
@@ -263,7 +264,7 @@ class SqliteLog:
         return StorageError(f"{self.path}: {exc}; nothing was stored")
 
     def recall(self, key: str) -> list[Published] | None:
-        return self._keys.get(key, time.time())
+        return self._keys.get(key, self.clock())
 
     async def read_after(self, since: int, query: Query, limit: int) -> Page:
         last = self._last
@@ -315,7 +316,7 @@ class SqliteLog:
         removed = 0
         r = self.retention
         while self._count:
-            now = time.time()
+            now = self.clock()
             by_count = self._last - r.events if r.events is not None else 0
             excess = self._bytes - r.bytes if r.bytes is not None else 0
             cutoff = now - r.age_seconds if r.age_seconds is not None else None
@@ -334,7 +335,7 @@ class SqliteLog:
             self._bytes -= freed
             removed += n
             await trio.lowlevel.checkpoint()  # let waiting appends in between chunks
-        now = time.time()
+        now = self.clock()
         if now - self._last_key_prune > 10:
             self._last_key_prune = now
             self._keys.prune(now)
