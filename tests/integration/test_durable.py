@@ -250,82 +250,90 @@ async def test_a_data_dir_that_cannot_be_created_stops_start_up(tmp_path: Path) 
 
 @pytest.mark.parametrize("storage", ["sqlite", "memory"])
 async def test_idempotent_publish_returns_the_original(tmp_path: Path, storage: str) -> None:
-    async with running_server(storage=storage, data_dir=str(tmp_path)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            headers = {"Idempotency-Key": "order-42"}
-            first = await http.post("/events", json=event("idem.a", n=1), headers=headers)
-            again = await http.post("/events", json=event("idem.a", n=1), headers=headers)
-            assert first.status_code == again.status_code == 201
-            assert first.json() == again.json()
-            async with ws(server) as conn:
-                frame = {"action": "publish", "id": 7, "idempotency_key": "order-42"}
-                answer = await request(conn, frame | {"event": event("idem.a")})
-                assert answer["event"] == first.json()
-                batch = [event("idem.b"), event("idem.b")]
-                frame = {"action": "publish", "id": 8, "idempotency_key": "b-1", "events": batch}
-                one = await request(conn, frame)
-                two = await request(conn, frame | {"id": 9})
-                assert one["events"] == two["events"]
-            stored = (await http.get("/events")).json()["events"]
-            assert [e["topic"] for e in stored] == ["idem.a", "idem.b", "idem.b"]
-            stats = (await http.get("/stats")).json()
-            assert stats["counters"]["idempotent_repeats"] == 3
-            bad = await http.post("/events", json=event("idem.a"), headers={"Idempotency-Key": ""})
-            assert bad.status_code == 400
-            assert bad.json()["error"]["field"] == "Idempotency-Key"
+    async with (
+        running_server(storage=storage, data_dir=str(tmp_path)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+    ):
+        headers = {"Idempotency-Key": "order-42"}
+        first = await http.post("/events", json=event("idem.a", n=1), headers=headers)
+        again = await http.post("/events", json=event("idem.a", n=1), headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert first.json() == again.json()
+        async with ws(server) as conn:
+            frame = {"action": "publish", "id": 7, "idempotency_key": "order-42"}
+            answer = await request(conn, frame | {"event": event("idem.a")})
+            assert answer["event"] == first.json()
+            batch = [event("idem.b"), event("idem.b")]
+            frame = {"action": "publish", "id": 8, "idempotency_key": "b-1", "events": batch}
+            one = await request(conn, frame)
+            two = await request(conn, frame | {"id": 9})
+            assert one["events"] == two["events"]
+        stored = (await http.get("/events")).json()["events"]
+        assert [e["topic"] for e in stored] == ["idem.a", "idem.b", "idem.b"]
+        stats = (await http.get("/stats")).json()
+        assert stats["counters"]["idempotent_repeats"] == 3
+        bad = await http.post("/events", json=event("idem.a"), headers={"Idempotency-Key": ""})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["field"] == "Idempotency-Key"
 
 
 async def test_idempotency_keys_survive_a_restart(tmp_path: Path) -> None:
     headers = {"Idempotency-Key": "restart-1"}
     answers = []
     for _ in range(2):
-        async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-                response = await http.post("/events", json=event("idem.r"), headers=headers)
-                answers.append(response.json())
-                assert len((await http.get("/events")).json()["events"]) == 1
+        async with (
+            running_server(storage="sqlite", data_dir=str(tmp_path)) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        ):
+            response = await http.post("/events", json=event("idem.r"), headers=headers)
+            answers.append(response.json())
+            assert len((await http.get("/events")).json()["events"]) == 1
     assert answers[0] == answers[1]
 
 
 async def test_dead_letters_keep_rejected_publishes_and_can_be_retried_or_deleted(
     tmp_path: Path,
 ) -> None:
-    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            bad = {"type": "t", "topic": "a..b", "payload": {}}
-            rejected = await http.post("/events", json=bad)
-            assert rejected.status_code == 400
-            async with ws(server) as conn:
-                answer = await request(
-                    conn, {"action": "publish", "id": 1, "events": [event("ok"), {"type": "t"}]}
-                )
-                assert answer["error"]["field"] == "events[1].topic"
-            body = (await http.get("/dlq")).json()
-            assert body["total"] == 2
-            rest, wsl = body["dead_letters"]
-            assert (rest["source"], rest["error"]["code"], rest["error"]["field"]) == (
-                "rest",
-                "invalid_topic",
-                "topic",
+    async with (
+        running_server(storage="sqlite", data_dir=str(tmp_path)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+    ):
+        bad = {"type": "t", "topic": "a..b", "payload": {}}
+        rejected = await http.post("/events", json=bad)
+        assert rejected.status_code == 400
+        async with ws(server) as conn:
+            answer = await request(
+                conn, {"action": "publish", "id": 1, "events": [event("ok"), {"type": "t"}]}
             )
-            assert orjson.loads(rest["raw"]) == bad
-            assert wsl["source"] == "ws"
-            assert orjson.loads(wsl["raw"])[1] == {"type": "t"}
+            assert answer["error"]["field"] == "events[1].topic"
+        body = (await http.get("/dlq")).json()
+        assert body["total"] == 2
+        rest, wsl = body["dead_letters"]
+        assert (rest["source"], rest["error"]["code"], rest["error"]["field"]) == (
+            "rest",
+            "invalid_topic",
+            "topic",
+        )
+        assert orjson.loads(rest["raw"]) == bad
+        assert wsl["source"] == "ws"
+        assert orjson.loads(wsl["raw"])[1] == {"type": "t"}
 
-            retry = await http.post(f"/dlq/{rest['id']}/retry")  # still invalid
-            assert retry.status_code == 400
-            assert (await http.get("/dlq")).json()["dead_letters"][0]["attempts"] == 1
-            assert (await http.delete(f"/dlq/{rest['id']}")).status_code == 204
-            assert (await http.delete(f"/dlq/{rest['id']}")).status_code == 404
-            assert (await http.post("/dlq/999/retry")).status_code == 404
-            stats = (await http.get("/stats")).json()["dead_letters"]
-            assert stats["size"] == 1
-            assert stats["counts"]["added"] == 2
-            assert stats["counts"]["deleted"] == 1
-    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            body = (await http.get("/dlq")).json()  # kept across a restart
-            assert [d["id"] for d in body["dead_letters"]] == [wsl["id"]]
+        retry = await http.post(f"/dlq/{rest['id']}/retry")  # still invalid
+        assert retry.status_code == 400
+        assert (await http.get("/dlq")).json()["dead_letters"][0]["attempts"] == 1
+        assert (await http.delete(f"/dlq/{rest['id']}")).status_code == 204
+        assert (await http.delete(f"/dlq/{rest['id']}")).status_code == 404
+        assert (await http.post("/dlq/999/retry")).status_code == 404
+        stats = (await http.get("/stats")).json()["dead_letters"]
+        assert stats["size"] == 1
+        assert stats["counts"]["added"] == 2
+        assert stats["counts"]["deleted"] == 1
+    async with (
+        running_server(storage="sqlite", data_dir=str(tmp_path)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+    ):
+        body = (await http.get("/dlq")).json()  # kept across a restart
+        assert [d["id"] for d in body["dead_letters"]] == [wsl["id"]]
 
 
 async def test_history_filters_and_retention_gap(tmp_path: Path) -> None:

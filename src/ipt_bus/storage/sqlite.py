@@ -22,6 +22,7 @@ import contextlib
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -47,7 +48,7 @@ from ipt_bus.storage.worker import Worker
 from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
 Durability = Literal["safe", "fast"]
 FILE_NAME: Final = "events.sqlite3"
