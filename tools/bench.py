@@ -5,7 +5,7 @@ to core 1. Its WebSocket receivers do not decode events: they split frames and s
 ``"seq":``/``"t":`` markers, so one Python process keeps up with far more than the server sends.
 Every workload reports the load generator's CPU use so a saturated generator is visible.
 
-    python tools/bench.py [--quick] [--only fanout,latency,idle,rest,codec] [--json FILE]
+    python tools/bench.py [--quick] [--only fanout,latency,idle,rest,codec,durable] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 import trio
 
@@ -60,9 +62,20 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+STORAGE_ARGS: dict[str, list[str]] = {
+    "memory": ["--storage", "memory", "--buffer-size", "1000000"],
+    "safe": ["--storage", "sqlite", "--durability", "safe"],
+    "fast": ["--storage", "sqlite", "--durability", "fast"],
+}
+
+
 @contextmanager
-def server(kind: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to core 0."""
+def server(kind: str, port: int, storage: str = "memory") -> Iterator[subprocess.Popen[bytes]]:
+    """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to core 0.
+
+    `storage`: memory, or safe / fast (SQLite in a fresh temporary directory).
+    """
+    data_dir = tempfile.TemporaryDirectory(prefix="ipt-bus-bench-")
     if kind == "bus":
         argv = [
             sys.executable,
@@ -73,6 +86,9 @@ def server(kind: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
             str(port),
             "--log-level",
             "WARNING",
+            "--data-dir",
+            data_dir.name,
+            *STORAGE_ARGS[storage],
         ]
     else:
         argv = [sys.executable, str(ROOT / "tools" / "bare_broadcaster.py"), str(port)]
@@ -100,6 +116,7 @@ def server(kind: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        data_dir.cleanup()
 
 
 # --- a minimal WebSocket client ---------------------------------------------------------------
@@ -360,7 +377,9 @@ async def idle_rss(connections: int) -> dict[str, Any]:
     }
 
 
-async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
+async def rest(
+    batch_size: int, clients: int, seconds: float, storage: str = "memory"
+) -> dict[str, Any]:
     port = free_port()
     events = [
         {"type": "bench_event", "topic": "bench.rest", "payload": {"i": i, "pad": PAD}}
@@ -371,7 +390,8 @@ async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
         f"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    with server("bus", port) as proc:
+    latencies: list[float] = []
+    with server("bus", port, storage) as proc:
         done = 0
         errors = 0
         counting = True
@@ -381,6 +401,7 @@ async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buf = b""
             while counting:
+                sent = time.perf_counter()
                 await stream.send_all(request)
                 while True:
                     head_end = buf.find(b"\r\n\r\n")
@@ -398,6 +419,7 @@ async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
                     buf += chunk
                 if ok:
                     done += 1
+                    latencies.append(time.perf_counter() - sent)
                 else:
                     errors += 1
             await stream.aclose()
@@ -411,14 +433,113 @@ async def rest(batch_size: int, clients: int, seconds: float) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         cpu_server = cpu_seconds(proc.pid) - cpu_server
         cpu_self = time.process_time() - cpu_self
+    latencies.sort()
     return {
+        "storage": storage,
         "events_per_request": batch_size,
         "clients": clients,
+        "ack_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
+        "ack_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
         "requests_per_s": round(done / elapsed),
         "events_per_s": round(done * batch_size / elapsed),
         "errors": errors,
         "server_cpu": round(cpu_server / elapsed, 2),
         "loadgen_cpu": round(cpu_self / elapsed, 2),
+    }
+
+
+async def ws_publish(
+    storage: str, seconds: float, batch: int = 100, window: int = 8, connections: int = 2
+) -> dict[str, Any]:
+    """Acknowledged WebSocket batch publishes: `window` publishes in flight per connection."""
+    port = free_port()
+    events = [
+        {"type": "bench_event", "topic": "bench.durable", "payload": {"i": i, "pad": PAD}}
+        for i in range(batch)
+    ]
+    frame = orjson.dumps({"action": "publish", "events": events})
+    with server("bus", port, storage) as proc:
+        acked = 0
+        counting = True
+
+        async def publisher() -> None:
+            nonlocal acked
+            ws = await RawWS.connect(port, "/ws?topics=nothing.here")  # publish only
+            credit = trio.Semaphore(window)
+
+            async def send() -> None:
+                while counting:
+                    await credit.acquire()
+                    await ws.send_text(frame)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                async for message in ws.messages():
+                    if message.startswith(b'{"action":"published"'):
+                        acked += batch
+                        credit.release()
+                    elif not message.startswith(b'{"action":"welcome"'):
+                        raise RuntimeError(message[:200])
+                    if not counting:
+                        break
+                nursery.cancel_scope.cancel()
+            await ws.aclose()
+
+        cpu_server, t0 = cpu_seconds(proc.pid), time.monotonic()
+        async with trio.open_nursery() as nursery:
+            for _ in range(connections):
+                nursery.start_soon(publisher)
+            await trio.sleep(seconds)
+            counting = False
+            elapsed = time.monotonic() - t0
+            total = acked
+        cpu_server = cpu_seconds(proc.pid) - cpu_server
+    return {
+        "storage": storage,
+        "connections": connections,
+        "events_per_publish": batch,
+        "in_flight": window,
+        "acked_events_per_s": round(total / elapsed),
+        "server_cpu": round(cpu_server / elapsed, 2),
+    }
+
+
+async def history(storage: str, events: int = 100_000, page: int = 1_000) -> dict[str, Any]:
+    """Fill the log, then page through it with `GET /events?since=`: events read per second."""
+    port = free_port()
+    batch = [
+        {"type": "bench_event", "topic": f"bench.h{i % 10}", "payload": {"i": i, "pad": PAD}}
+        for i in range(1_000)
+    ]
+    body = orjson.dumps(batch)
+    with server("bus", port, storage):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            for _ in range(events // len(batch)):
+                response = await http.post(
+                    "/events", content=body, headers={"Content-Type": "application/json"}
+                )
+                assert response.status_code == 201, response.text
+
+            async def read_all(**params: Any) -> tuple[int, float]:
+                since, n, t0 = 0, 0, time.monotonic()
+                while True:
+                    got = (
+                        await http.get("/events", params={"since": since, "limit": page, **params})
+                    ).json()
+                    n += len(got["events"])
+                    if not got["events"]:
+                        return n, time.monotonic() - t0
+                    since = got["next"]
+
+            everything, t_all = await read_all()
+            filtered, t_filtered = await read_all(topic="bench.h3")
+    return {
+        "storage": storage,
+        "events": events,
+        "page": page,
+        "read_events_per_s": round(everything / t_all),
+        "filtered_read_events_per_s": round(filtered / t_filtered),
+        "filtered_scan_events_per_s": round(events / t_filtered),
     }
 
 
@@ -480,12 +601,21 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
         out("rest", await rest(100, 4, seconds))
     if "codec" in only:
         out("codec", codec_micro())
+    if "durable" in only:
+        for storage in ("memory", "safe", "fast"):
+            out("durable_ws", await ws_publish(storage, seconds))
+        for storage in ("memory", "safe", "fast"):
+            out("durable_rest", await rest(1, 1, seconds, storage))  # a lone sequential publisher
+            out("durable_rest", await rest(1, 8, seconds, storage))
+            out("durable_rest", await rest(100, 4, seconds, storage))
+        for storage in ("memory", "safe", "fast"):
+            out("history", await history(storage))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
-    parser.add_argument("--only", default="fanout,latency,idle,rest,codec")
+    parser.add_argument("--only", default="fanout,latency,idle,rest,codec,durable")
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args()
     _raise_nofile()
