@@ -17,7 +17,7 @@ from ipt_bus.errors import StorageFull, StorageOpenError
 from ipt_bus.model import Event
 from ipt_bus.storage.base import Key, Query
 from ipt_bus.storage.memory import MemoryLog
-from ipt_bus.storage.sqlite import FILE_NAME, Retention, SqliteLog
+from ipt_bus.storage.sqlite import FAST_CRASH_SEQ_SKIP, FILE_NAME, Retention, SqliteLog
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -259,3 +259,33 @@ def test_sqlite_and_memory_logs_agree(
                 await sqlite_log.aclose()
 
     trio.run(check)
+
+
+async def test_fast_mode_skips_seqs_after_an_unclean_stop(tmp_path: Path) -> None:
+    log = SqliteLog.open(tmp_path, durability="fast", retention=Retention(events=3))
+    await log.append([ev() for _ in range(3)])
+    log._writer.stop()  # a crash: no clean close
+    log._reader.stop()
+    log = SqliteLog.open(tmp_path, durability="fast", retention=Retention(events=3))
+    try:
+        assert log.last_seq == 3 + FAST_CRASH_SEQ_SKIP
+        (record,) = await log.append([ev()])
+        assert record.seq == 4 + FAST_CRASH_SEQ_SKIP
+        assert await log.enforce_retention() == 1  # counts events, not seq numbers
+        page = await log.read_after(0, Query(), 10)
+        assert [r.seq for r in page.records] == [2, 3, record.seq]
+    finally:
+        await log.aclose()
+    log = SqliteLog.open(tmp_path, durability="fast")  # after a clean stop: no skip
+    try:
+        assert log.last_seq == 4 + FAST_CRASH_SEQ_SKIP
+    finally:
+        await log.aclose()
+    log = SqliteLog.open(tmp_path, durability="safe")
+    log._writer.stop()
+    log._reader.stop()
+    log = SqliteLog.open(tmp_path, durability="safe")  # safe: nothing acked can be lost
+    try:
+        assert log.last_seq == 4 + FAST_CRASH_SEQ_SKIP
+    finally:
+        await log.aclose()

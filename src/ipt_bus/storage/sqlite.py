@@ -19,6 +19,7 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import sqlite3
 import time
@@ -55,6 +56,11 @@ FILE_NAME: Final = "events.sqlite3"
 SCHEMA_VERSION: Final = "1"
 TRIM_CHUNK: Final = 2_000  # events deleted per retention transaction: keeps each stall short
 READ_CHUNK: Final = 1_000  # rows fetched per query while filtering topics in Python
+# More than the un-synced tail of a `fast` log can hold (the WAL is synced at each checkpoint,
+# every ~4 MB): after an unclean stop in `fast` mode `seq` jumps this far.
+FAST_CRASH_SEQ_SKIP: Final = 1_000_000
+
+log = logging.getLogger("ipt_bus.storage")
 
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -318,14 +324,14 @@ class SqliteLog:
         r = self.retention
         while self._count:
             now = self.clock()
-            by_count = self._last - r.events if r.events is not None else 0
+            over = self._count - r.events if r.events is not None else 0
             excess = self._bytes - r.bytes if r.bytes is not None else 0
             cutoff = now - r.age_seconds if r.age_seconds is not None else None
-            if by_count < self._first and excess <= 0 and cutoff is None:
+            if over <= 0 and excess <= 0 and cutoff is None:
                 break
             try:
                 n, freed, upto = await self._writer.call(
-                    partial(self._trim, self._first, by_count, excess, cutoff)
+                    partial(self._trim, self._first, over, excess, cutoff)
                 )
             except sqlite3.Error as exc:
                 raise self._failed(exc) from None
@@ -345,9 +351,10 @@ class SqliteLog:
         return removed
 
     def _trim(
-        self, first: int, by_count: int, excess: int, cutoff: float | None
+        self, first: int, over: int, excess: int, cutoff: float | None
     ) -> tuple[int, int, int]:
-        """Delete the oldest events the limits no longer keep, at most `TRIM_CHUNK` of them."""
+        """Delete the oldest events the limits no longer keep, at most `TRIM_CHUNK` of them:
+        `over` events too many, `excess` bytes too many, and those stored before `cutoff`."""
         c = self._write_conn
         rows = c.execute(
             "SELECT seq, size, stored_at FROM events WHERE seq >= ? ORDER BY seq LIMIT ?",
@@ -355,7 +362,7 @@ class SqliteLog:
         ).fetchall()
         upto, freed, n = 0, 0, 0
         for seq, size, stored_at in rows:
-            if seq <= by_count or freed < excess or (cutoff is not None and stored_at < cutoff):
+            if n < over or freed < excess or (cutoff is not None and stored_at < cutoff):
                 upto, freed, n = seq, freed + size, n + 1
             else:
                 break
@@ -417,6 +424,8 @@ class SqliteLog:
         def close_writer() -> None:
             with contextlib.suppress(sqlite3.Error):
                 self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                with _transaction(self._write_conn) as c:
+                    c.execute("UPDATE meta SET value = '1' WHERE key = 'clean_shutdown'")
             self._write_conn.close()
 
         await self._reader.call(self._read_conn.close)
@@ -534,6 +543,20 @@ def _prepare(
             f"{SCHEMA_VERSION!r}"
         )
     last = int(meta["last_seq"])
+    clean = meta.get("clean_shutdown", "1") == "1"
+    with _transaction(conn) as c:  # set again by a clean close
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
+        if not clean and durability == "fast":
+            # Commits since the last fsync may be gone, and subscribers may have seen their
+            # `seq`: never hand those numbers to other events.
+            last += FAST_CRASH_SEQ_SKIP
+            c.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(last),))
+            log.warning(
+                "%s: the last run did not stop cleanly with durability fast; seq continues "
+                "at %d so no seq that may have been lost is used again",
+                path,
+                last + 1,
+            )
     first, count, size = conn.execute(
         "SELECT min(seq), count(*), COALESCE(sum(size), 0) FROM events"
     ).fetchone()
