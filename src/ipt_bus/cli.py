@@ -78,30 +78,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
+    """Parse the command line into a configuration; `ValueError` says what is wrong."""
+    args = _parser().parse_args(argv)
+    if args.storage == "memory" and args.retention_age is not None:
+        raise ValueError("--retention-age applies to --storage sqlite")
+    origins = None if args.allowed_origins is None else parse_origins(args.allowed_origins)
+    return BusConfig.from_env(
+        host=args.host,
+        port=args.port,
+        storage=args.storage,
+        data_dir=args.data_dir,
+        durability=args.durability,
+        retention_events=args.retention_events,
+        retention_age_seconds=args.retention_age,
+        retention_bytes=args.retention_bytes,
+        dedupe_window_seconds=args.dedupe_window,
+        buffer_size=args.buffer_size,
+        max_connections=args.max_connections,
+        allowed_origins=origins,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.storage == "memory" and args.retention_age is not None:
-        print("ipt-bus: --retention-age applies to --storage sqlite", file=sys.stderr)
-        return 2
     try:
-        origins = None if args.allowed_origins is None else parse_origins(args.allowed_origins)
-        config = BusConfig.from_env(
-            host=args.host,
-            port=args.port,
-            storage=args.storage,
-            data_dir=args.data_dir,
-            durability=args.durability,
-            retention_events=args.retention_events,
-            retention_age_seconds=args.retention_age,
-            retention_bytes=args.retention_bytes,
-            dedupe_window_seconds=args.dedupe_window,
-            buffer_size=args.buffer_size,
-            max_connections=args.max_connections,
-            allowed_origins=origins,
-        )
+        config = config_from_args(argv)
     except (ValueError, TypeError) as exc:
         print(f"ipt-bus: {exc}", file=sys.stderr)
         return 2

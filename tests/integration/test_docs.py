@@ -67,16 +67,24 @@ async def test_protocol_md_exchange_replays() -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-async def test_rest_md_commands_run() -> None:
+async def test_rest_md_commands_run(tmp_path: Path) -> None:
     commands = [line for block in blocks("rest.md", "sh") for line in block.strip().splitlines()]
     assert len(commands) >= 7
-    async with running_server() as server:
-        for command in commands:
+    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
+        for line in commands:
+            command, _, comment = line.partition("  # ")
             argv = [_local(server, arg) for arg in shlex.split(command)]
             with trio.fail_after(20):
                 result = await trio.run_process(argv, capture_stdout=True, check=True)
+            if comment.startswith("204"):
+                assert result.stdout == b"", (command, result.stdout)
+                continue
             body = orjson.loads(result.stdout)
-            assert "error" not in body, (command, body)
+            if comment.startswith("error: "):
+                expected = comment.removeprefix("error: ").split()[0]
+                assert body["error"]["code"] == expected, (command, body)
+            else:
+                assert "error" not in body, (command, body)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -95,3 +103,19 @@ async def test_readme_tour_runs() -> None:
 
 def _local(server: Server, arg: str) -> str:
     return arg.replace("http://127.0.0.1:8765", server.url)
+
+
+def test_storage_md_serve_commands_are_valid() -> None:
+    """The `ipt-bus serve` lines of storage.md parse and make a valid configuration."""
+    from ipt_bus.cli import config_from_args
+
+    lines = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```\n(.*?)```", (DOCS / "storage.md").read_text(), re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith("ipt-bus serve")
+    ]
+    assert len(lines) >= 3
+    for line in lines:
+        config = config_from_args(shlex.split(line)[1:])
+        assert config.storage in ("sqlite", "memory")
