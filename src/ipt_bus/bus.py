@@ -119,7 +119,7 @@ async def _retention(event_log: EventLog, dead: DeadLetters, interval: float) ->
             await event_log.enforce_retention()
         except StorageError as exc:  # shown by /health; the next round tries again
             log.warning("retention failed: %s", exc)
-        await dead.expire()
+        await dead.flush()
 
 
 async def run_bus(
@@ -171,6 +171,7 @@ async def run_bus(
     finally:
         with trio.move_on_after(config.shutdown_grace_seconds) as scope:
             scope.shield = True
+            await dead.flush()
             await event_log.aclose()
         if handle is not None:
             handle._stopped.set()

@@ -255,7 +255,7 @@ class Connection:
                     frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
                 )
         except ProtocolError as exc:
-            await self._dead_letter(frame, exc)
+            self._dead_letter(frame, exc)
             raise
         pipeline = self._pipeline
         if pipeline is None:
@@ -280,16 +280,16 @@ class Connection:
                 published = await pipeline.answer_for(token, timeout)
             except BusError as exc:
                 if isinstance(exc, StorageError):
-                    await self._dead_letter(frame, exc)
+                    self._dead_letter(frame, exc)
                 await self._error(frame.id, as_protocol_error(exc))
             else:
                 if frame.ack:
                     await self._reply(_ack(frame, published))
 
-    async def _dead_letter(self, frame: Publish, exc: BusError) -> None:
+    def _dead_letter(self, frame: Publish, exc: BusError) -> None:
         """Keep what a publish carried (the `event` object or the `events` list) with its error."""
         raw = frame.event if frame.event is not None else frame.events
-        await self._bus.dead_letters.add("ws", exc, codec.dumps(raw).decode())
+        self._bus.dead_letters.add("ws", exc, codec.dumps(raw).decode())
 
     async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
         if not topics:

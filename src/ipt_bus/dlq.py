@@ -5,6 +5,10 @@ they got, where they came from and when, so nothing the bus was given vanishes s
 (`accepted + rejected + dead_lettered == received` holds per transport). Bounded by count,
 bytes and age; the oldest go first, and that too is counted. A durable log persists each entry
 (so they survive a restart); reads are served from memory.
+
+Writes to the store are batched: `add` and `remove` only change memory and mark what changed,
+and `flush` (run every second by the bus, and at shutdown) writes all of it in one transaction.
+So a client flooding invalid publishes costs one small transaction a second, not one per frame.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ if TYPE_CHECKING:
 class DeadLetterStore(Protocol):
     """Where dead letters are persisted (the SQLite log); memory mode has none."""
 
-    async def put_dead(self, letter: DeadLetter) -> None: ...
-
-    async def drop_dead(self, ids: Sequence[int]) -> None: ...
+    async def sync_dead(self, put: Sequence[DeadLetter], drop: Sequence[int]) -> None:
+        """Write `put` (insert or replace) and delete `drop`, in one transaction."""
+        ...
 
 
 @attrs.define
@@ -41,6 +45,7 @@ class DeadLetters:
     )
     _bytes: int = 0
     _next_id: int = 1
+    _changed: set[int] = attrs.field(factory=set)  # ids to write or delete at the next flush
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
     def load(self, letters: Iterable[DeadLetter]) -> None:
@@ -50,7 +55,7 @@ class DeadLetters:
             self._bytes += len(letter.raw)
             self._next_id = max(self._next_id, letter.id + 1)
 
-    async def add(self, source: str, error: BusError, raw: str) -> DeadLetter:
+    def add(self, source: str, error: BusError, raw: str) -> DeadLetter:
         wire = as_protocol_error(error)
         letter = DeadLetter(
             id=self._next_id,
@@ -64,13 +69,12 @@ class DeadLetters:
         self._next_id += 1
         self._entries[letter.id] = letter
         self._bytes += len(raw)
+        self._changed.add(letter.id)
         self.counts["added"] += 1
-        evicted = self._evict(letter.at)
-        await self._persist(letter, evicted)
+        self._evict(letter.at)
         return letter
 
-    def _evict(self, now: float) -> list[int]:
-        gone = []
+    def _evict(self, now: float) -> None:
         horizon = now - self.max_age_seconds
         while self._entries:
             oldest = next(iter(self._entries.values()))
@@ -78,33 +82,30 @@ class DeadLetters:
             if not over and oldest.at >= horizon:
                 break
             self._forget(oldest.id)
-            gone.append(oldest.id)
             self.counts["evicted"] += 1
-        return gone
 
     def _forget(self, letter_id: int) -> DeadLetter | None:
         letter = self._entries.pop(letter_id, None)
         if letter is not None:
             self._bytes -= len(letter.raw)
+            self._changed.add(letter_id)
         return letter
 
-    async def _persist(self, letter: DeadLetter | None, gone: Sequence[int]) -> None:
-        if self.store is None:
+    async def flush(self) -> None:
+        """Write what changed since the last flush to the store; also applies the age limit."""
+        self._evict(time.time())
+        if self.store is None or not self._changed:
+            self._changed.clear()
             return
+        changed, self._changed = self._changed, set()
+        put = [self._entries[i] for i in sorted(changed) if i in self._entries]
+        drop = [i for i in sorted(changed) if i not in self._entries]
         try:
-            if gone:
-                await self.store.drop_dead(gone)
-            if letter is not None:
-                await self.store.put_dead(letter)
+            await self.store.sync_dead(put, drop)
         except StorageError:
-            # kept in memory all the same; the count says the copy on disk is missing
+            # kept in memory all the same (and tried again at the next flush); counted
             self.counts["persist_failed"] += 1
-
-    async def expire(self) -> None:
-        """Apply the age limit (called by the bus's retention task)."""
-        gone = self._evict(time.time())
-        if gone:
-            await self._persist(None, gone)
+            self._changed |= changed
 
     def get(self, letter_id: int) -> DeadLetter | None:
         return self._entries.get(letter_id)
@@ -118,15 +119,14 @@ class DeadLetters:
                     break
         return out
 
-    async def remove(self, letter_id: int, *, why: str) -> bool:
+    def remove(self, letter_id: int, *, why: str) -> bool:
         """Drop an entry (`why`: "deleted" or "retried"); False when there is none."""
         if self._forget(letter_id) is None:
             return False
         self.counts[why] += 1
-        await self._persist(None, [letter_id])
         return True
 
-    async def failed_again(self, letter_id: int, error: BusError) -> DeadLetter | None:
+    def failed_again(self, letter_id: int, error: BusError) -> DeadLetter | None:
         """Record a failed retry: the entry keeps its place with the new error, one more attempt."""
         letter = self._entries.get(letter_id)
         if letter is None:
@@ -140,8 +140,8 @@ class DeadLetters:
             attempts=letter.attempts + 1,
         )
         self._entries[letter_id] = updated
+        self._changed.add(letter_id)
         self.counts["retry_failed"] += 1
-        await self._persist(updated, [])
         return updated
 
     def stats(self) -> dict[str, object]:

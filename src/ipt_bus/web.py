@@ -354,7 +354,7 @@ def _routes(app: BusApp) -> None:
         try:
             body = await _publish_body(bus, raw, key)
         except (ProtocolError, StorageError) as exc:
-            await bus.dead_letters.add("rest", exc, raw.decode("utf-8", "replace"))
+            bus.dead_letters.add("rest", exc, raw.decode("utf-8", "replace"))
             raise
         return json_response(body, 201)
 
@@ -417,15 +417,15 @@ def _routes(app: BusApp) -> None:
         try:
             body = await _publish_body(bus, letter.raw.encode(), None)
         except (ProtocolError, StorageError) as exc:
-            await bus.dead_letters.failed_again(letter_id, exc)
+            bus.dead_letters.failed_again(letter_id, exc)
             raise
-        await bus.dead_letters.remove(letter_id, why="retried")
+        bus.dead_letters.remove(letter_id, why="retried")
         return json_response(body, 201)
 
     @app.delete("/dlq/<int:letter_id>")
     async def delete_dead_letter(letter_id: int) -> Response:
         bus = _bus(app)
-        if not await bus.dead_letters.remove(letter_id, why="deleted"):
+        if not bus.dead_letters.remove(letter_id, why="deleted"):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
         return Response(b"", status=204)
 

@@ -394,22 +394,16 @@ class SqliteLog:
 
     # --- dead letters ----------------------------------------------------------------------
 
-    async def put_dead(self, letter: DeadLetter) -> None:
-        await self._write_dead(
-            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            attrs.astuple(letter),
-        )
+    async def sync_dead(self, put: Sequence[DeadLetter], drop: Sequence[int]) -> None:
+        rows = [attrs.astuple(letter) for letter in put]
+        ids = [(i,) for i in drop]
 
-    async def drop_dead(self, ids: Sequence[int]) -> None:
-        await self._write_dead_many("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
-
-    async def _write_dead(self, sql: str, params: tuple[Any, ...]) -> None:
-        await self._write_dead_many(sql, [params])
-
-    async def _write_dead_many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
         def write() -> None:
             with _transaction(self._write_conn) as c:
-                c.executemany(sql, params)
+                c.executemany("DELETE FROM dead_letters WHERE id = ?", ids)
+                c.executemany(
+                    "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
 
         try:
             await self._writer.call(write)
