@@ -29,6 +29,7 @@ from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime
 
 
 @attrs.frozen
@@ -169,6 +170,20 @@ class KeyWindow:
 
 def event_id(epoch: str, seq: int) -> str:
     return f"{epoch}-{seq}"
+
+
+def stamp(event: Event, epoch: str, seq: int, now: datetime) -> Event:
+    """The event as the log stores it: with `id`, `seq`, and a timestamp (`now` when absent)."""
+    return Event(  # direct: attrs.evolve costs 3x as much on this hot path
+        type=event.type,
+        topic=event.topic,
+        payload=event.payload,
+        timestamp=event.timestamp or now,
+        source=event.source,
+        correlation_id=event.correlation_id,
+        id=event_id(epoch, seq),
+        seq=seq,
+    )
 
 
 @attrs.frozen

@@ -44,6 +44,7 @@ from ipt_bus.storage.base import (
     Query,
     Record,
     event_id,
+    stamp,
 )
 from ipt_bus.storage.worker import Worker
 from ipt_bus.topics import matches_any
@@ -221,16 +222,7 @@ class SqliteLog:
         added_bytes = 0
         for event in events:
             seq += 1
-            stored = Event(
-                type=event.type,
-                topic=event.topic,
-                payload=event.payload,
-                timestamp=event.timestamp or now_dt,
-                source=event.source,
-                correlation_id=event.correlation_id,
-                id=event_id(epoch, seq),
-                seq=seq,
-            )
+            stored = stamp(event, epoch, seq, now_dt)
             raw = encode_event(stored)
             data = raw.decode()
             records.append(Record(seq, stored.id or "", event.topic, data))
