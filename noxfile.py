@@ -13,6 +13,14 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+    if not session.posargs:  # the REST and WebSocket suites again, on the default SQLite log
+        session.run(
+            "pytest",
+            "-q",
+            "tests/integration/test_rest.py",
+            "tests/integration/test_ws.py",
+            env={"IPT_BUS_TEST_STORAGE": "sqlite"},
+        )
 
 
 @nox.session

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +31,17 @@ def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[Server]:
-    config = attrs.evolve(BusConfig(port=0, storage="memory", gc_threshold=None), **overrides)
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve, config)
-        try:
-            yield server
-        finally:
-            server.shutdown()
+    # IPT_BUS_TEST_STORAGE=sqlite runs every in-process server on a fresh SQLite log
+    storage = os.environ.get("IPT_BUS_TEST_STORAGE", "memory")
+    with tempfile.TemporaryDirectory(prefix="ipt-bus-test-") as data_dir:
+        base = BusConfig(port=0, storage=storage, gc_threshold=None, data_dir=data_dir)  # type: ignore[arg-type]
+        config = attrs.evolve(base, **overrides)
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            try:
+                yield server
+            finally:
+                server.shutdown()
 
 
 @pytest.fixture

@@ -260,7 +260,9 @@ async def test_saturated_bus_answers_503_and_overloaded_and_loses_nothing_acked(
         return await original(self, events, keys)
 
     monkeypatch.setattr(MemoryLog, "append", stalled)
-    async with running_server(router_inbox=1, publish_timeout_seconds=0.5) as server:
+    async with running_server(
+        storage="memory", router_inbox=1, publish_timeout_seconds=0.5
+    ) as server:
         statuses: list[int] = []
         acked: list[int] = []
         async with (
@@ -395,7 +397,7 @@ async def test_a_failing_log_is_storage_unavailable_and_nothing_is_acked(
 
     monkeypatch.setattr(MemoryLog, "append", broken)
     async with (
-        running_server() as server,
+        running_server(storage="memory") as server,
         httpx.AsyncClient(base_url=server.url) as http,
         ws(server, "topics=none") as conn,
     ):

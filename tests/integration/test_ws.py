@@ -472,7 +472,10 @@ async def test_resume_while_events_keep_arriving() -> None:
 
 
 async def test_resume_older_than_the_buffer_is_told_retention() -> None:
-    async with running_server(buffer_size=10) as server, ws(server, "topics=none") as pub:
+    async with (
+        running_server(storage="memory", buffer_size=10) as server,
+        ws(server, "topics=none") as pub,
+    ):
         await request(
             pub, {"action": "publish", "id": 1, "events": [event(i=i) for i in range(30)]}
         )
