@@ -376,3 +376,25 @@ async def test_history_filters_and_retention_gap(tmp_path: Path) -> None:
             gap = await recv(conn)
             assert gap == {"action": "gap", "reason": "retention", "from_seq": 2, "to_seq": 5}
             assert (await recv(conn))["seq"] == 6
+
+
+async def test_retried_publishes_with_keys_never_duplicate(tmp_path: Path) -> None:
+    """B3: every publish sent twice (two connections racing, as a retry after a reset would)."""
+    keys = [f"retry-{i}" for i in range(500)]
+    answers: dict[str, list[int]] = {k: [] for k in keys}
+    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
+
+        async def publisher() -> None:
+            async with ws(server, "topics=none") as conn:
+                for i, key in enumerate(keys):
+                    frame = {"action": "publish", "id": i, "idempotency_key": key}
+                    answer = await request(conn, frame | {"event": event("retry.x", key=key)})
+                    answers[key].append(answer["event"]["seq"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            nursery.start_soon(publisher)
+        stored = await _all_events(server.url)
+    assert len(stored) == len(keys)
+    assert sorted(e["payload"]["key"] for e in stored) == sorted(keys)
+    assert all(len(set(seqs)) == 1 for seqs in answers.values())
