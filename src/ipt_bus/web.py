@@ -29,12 +29,10 @@ from ipt_bus.errors import (
     BusError,
     ErrorCode,
     LimitExceeded,
-    Overloaded,
     ProtocolError,
     StorageError,
-    as_protocol_error,
-    http_status,
 )
+from ipt_bus.ingest import JSON, error_body, error_parts, post_events, publish_body
 from ipt_bus.stats import Refused
 from ipt_bus.storage.base import DeadLetter, Query
 from ipt_bus.topics import parse_patterns
@@ -70,20 +68,11 @@ STANDARD_PATTERNS: Final[dict[str, str]] = {
     "file.*": "Events from file-based event system",
     "legacy.*": "Legacy events from existing systems",
 }
-JSON: Final = "application/json"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     data = body if isinstance(body, bytes) else codec.dumps(body)
     return Response(data, status=status, content_type=JSON, headers=headers)
-
-
-def error_body(code: ErrorCode | str, message: str, field: str | None = None) -> bytes:
-    """The one shape of every HTTP error: ``{"error": {"code", "message", "field"?}}``."""
-    err: dict[str, Any] = {"code": str(code), "message": message}
-    if field is not None:
-        err["field"] = field
-    return codec.dumps({"error": err})
 
 
 def error_response(
@@ -104,6 +93,8 @@ class BusApp(QuartTrio):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/events" and scope["method"] == "POST":
+            await post_events(self.bus, scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -314,13 +305,8 @@ def _routes(app: BusApp) -> None:
 
     @app.errorhandler(BusError)
     async def _bus_error(exc: BusError) -> Response:
-        err = as_protocol_error(exc)  # the same mapping WebSocket error frames use
-        status = http_status(err.code)
-        headers = None
-        if status == 503:
-            retry = exc.retry_after_seconds if isinstance(exc, Overloaded) else 1
-            headers = {"Retry-After": str(max(1, round(retry)))}
-        return error_response(err.code, err.message, status, err.field, headers)
+        status, body, headers = error_parts(exc)  # the mapping WebSocket error frames use
+        return json_response(body, status, headers or None)
 
     @app.errorhandler(Exception)
     async def _internal(exc: Exception) -> Response:
@@ -335,28 +321,6 @@ def _routes(app: BusApp) -> None:
             426,
             headers={"Upgrade": "websocket", "Connection": "Upgrade"},
         )
-
-    @app.post("/events")
-    async def post_events() -> Response:
-        bus = _bus(app)
-        mimetype = request.mimetype
-        if mimetype != JSON:
-            raise ProtocolError(
-                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                f"Content-Type must be {JSON}, got {mimetype or 'none'!r}",
-                "Content-Type",
-            )
-        key = request.headers.get("Idempotency-Key")
-        if key is not None:
-            codec.check_idempotency_key(key, "Idempotency-Key")
-        data = await request.get_data(cache=False)
-        raw = data if isinstance(data, bytes) else data.encode()
-        try:
-            body = await _publish_body(bus, raw, key)
-        except (ProtocolError, StorageError) as exc:
-            bus.dead_letters.add("rest", exc, raw.decode("utf-8", "replace"))
-            raise
-        return json_response(body, 201)
 
     @app.get("/events")
     async def get_events() -> Response:
@@ -415,7 +379,7 @@ def _routes(app: BusApp) -> None:
         if letter is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
         try:
-            body = await _publish_body(bus, letter.raw.encode(), None)
+            body = await publish_body(bus, letter.raw.encode(), None)
         except (ProtocolError, StorageError) as exc:
             bus.dead_letters.failed_again(letter_id, exc)
             raise
@@ -568,23 +532,6 @@ def _time_param(query: dict[str, list[str]], name: str) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-async def _publish_body(bus: BusHandle, raw: bytes, key: str | None) -> dict[str, Any]:
-    """Decode a REST body (one event or an array) and publish it; the 201 answer's body."""
-    cfg = bus.config
-    body = codec.loads(raw)
-    # a body under the event limit cannot hold an event over it: skip measuring each one
-    max_bytes = cfg.max_event_bytes if len(raw) > cfg.max_event_bytes else None
-    timeout = cfg.publish_timeout_seconds
-    if isinstance(body, list):
-        events = codec.decode_batch(body, max_events=cfg.max_batch_events, max_bytes=max_bytes)
-    else:
-        events = [codec.decode_event(body, max_bytes=max_bytes)]
-    published = await bus.router.publish(events, timeout=timeout, key=key)
-    if isinstance(body, list) or len(published) != 1:
-        return {"events": [{"id": p.id, "seq": p.seq} for p in published]}
-    return {"id": published[0].id, "seq": published[0].seq}
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, Any]:
