@@ -1,0 +1,30 @@
+"""The Python client of ipt_bus: the specification's client API.
+
+    from ipt_bus.client import EventBusPublisher, EventBusClient, Event
+
+`EventBusPublisher` publishes synchronously over REST; `EventBusClient` subscribes and publishes
+asynchronously (under asyncio or trio). See docs/client.md.
+"""
+
+from ipt_bus.client._common import (
+    BusUnavailable,
+    ClientError,
+    Gap,
+    HistoryLost,
+    PublishRejected,
+)
+from ipt_bus.client.aio import EventBusClient
+from ipt_bus.client.publisher import EventBusPublisher
+from ipt_bus.model import Event, Published
+
+__all__ = [
+    "BusUnavailable",
+    "ClientError",
+    "Event",
+    "EventBusClient",
+    "EventBusPublisher",
+    "Gap",
+    "HistoryLost",
+    "PublishRejected",
+    "Published",
+]

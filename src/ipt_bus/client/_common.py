@@ -1,0 +1,172 @@
+"""What the sync and async clients share: where the bus is, errors, the wire, the retry rule.
+
+The retry rule: a publish is retried only when the bus said it did not take it (503, 507,
+transport errors before an answer), and every publish carries an idempotency key, so a retry
+after an answer that got lost can never store the event twice.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import orjson
+
+from ipt_bus.config import DEFAULT_PORT
+from ipt_bus.model import Event, Published
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+DEFAULT_URL: Final = f"http://127.0.0.1:{DEFAULT_PORT}"
+RETRY_STATUSES: Final = frozenset({502, 503, 504, 507})
+
+
+def bus_url(url: str | None = None) -> str:
+    """`url`, else ``$IPT_BUS_URL``, else the default; always without a trailing slash."""
+    return (url or os.environ.get("IPT_BUS_URL") or DEFAULT_URL).rstrip("/")
+
+
+def ws_url(url: str, query: dict[str, str]) -> str:
+    base = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    params = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"{base}/ws" + (f"?{params}" if params else "")
+
+
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class PublishRejected(ClientError):
+    """The bus refused the events (bad input, or a limit): retrying the same will not help."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        where = f" (field {field!r})" if field else ""
+        super().__init__(f"the bus rejected the publish: {code}: {message}{where}")
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class BusUnavailable(ClientError):
+    """The bus could not be reached, or stayed overloaded, through every retry."""
+
+
+class HistoryLost(ClientError):
+    """On resume, the bus no longer had every event after the client's last `seq`.
+
+    `reason` is ``retention`` (events `from_seq`..`to_seq` were removed) or ``epoch`` (the bus's
+    log started over: `seq` numbering is new). Register `EventBusClient.on_gap` to be told and
+    carry on instead of having the listener raise this.
+    """
+
+    def __init__(self, gap: Gap) -> None:
+        span = f"{gap.from_seq}..{gap.to_seq}" if gap.to_seq is not None else f"{gap.from_seq}.."
+        super().__init__(f"events {span} are no longer in the bus's log ({gap.reason})")
+        self.gap = gap
+
+
+@attrs.frozen
+class Gap:
+    reason: str  # retention | epoch | slow_consumer
+    from_seq: int
+    to_seq: int | None
+    epoch: str | None = None
+
+
+def event_body(event: Event) -> dict[str, Any]:
+    """The JSON object a publisher sends (the bus sets `id` and `seq`)."""
+    out: dict[str, Any] = {"type": event.type, "topic": event.topic, "payload": event.payload}
+    if event.timestamp is not None:
+        out["timestamp"] = event.timestamp
+    if event.source is not None:
+        out["source"] = event.source
+    if event.correlation_id is not None:
+        out["correlation_id"] = event.correlation_id
+    return out
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
+
+
+def event_from_bus(obj: dict[str, Any]) -> Event:
+    """An event as the bus sent it (already validated there): built directly, fast."""
+    ts = obj.get("timestamp")
+    return Event(
+        type=obj["type"],
+        topic=obj["topic"],
+        payload=obj["payload"],
+        timestamp=datetime.fromisoformat(ts) if ts else None,
+        source=obj.get("source"),
+        correlation_id=obj.get("correlation_id"),
+        id=obj.get("id"),
+        seq=obj.get("seq"),
+    )
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def publish_request(events: Event | Sequence[Event]) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a `POST /events` (one event or an array), with a fresh key."""
+    if isinstance(events, Event):
+        body = dumps(event_body(events))
+    else:
+        body = dumps([event_body(e) for e in events])
+    return body, {"Content-Type": "application/json", "Idempotency-Key": new_key()}
+
+
+def published(status: int, content: bytes, single: bool) -> list[Published] | None:
+    """The answer of a `POST /events`: where the events went, or None to retry.
+
+    Raises:
+        PublishRejected: a 4xx answer (the error's code, message and field).
+    """
+    if status == 201:
+        body = orjson.loads(content)
+        items = [body] if "seq" in body else body["events"]
+        return [Published(p["id"], p["seq"]) for p in items]
+    if status in RETRY_STATUSES:
+        return None
+    raise rejected(status, content)
+
+
+def rejected(status: int, content: bytes) -> PublishRejected:
+    try:
+        err = orjson.loads(content)["error"]
+        return PublishRejected(err["code"], err["message"], err.get("field"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return PublishRejected(f"http_{status}", content[:200].decode("utf-8", "replace"))
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
+    """Seconds before retry number `attempt` (0-based): 0.1, 0.2, 0.4, ... at most `cap`."""
+    return float(min(cap, base * 2**attempt))
+
+
+def unavailable(url: str, attempts: int, last: object) -> BusUnavailable:
+    return BusUnavailable(
+        f"the bus at {url} did not take the publish after {attempts} attempts ({last}); "
+        "is `ipt-bus serve` running there? Set IPT_BUS_URL or pass url= to point elsewhere"
+    )
+
+
+def first_or_all(items: list[Published], single: bool) -> Published | list[Published]:
+    return items[0] if single and len(items) == 1 else items
+
+
+def frames(message: str | bytes) -> Iterable[dict[str, Any]]:
+    """The JSON frames of one WebSocket message (batch mode puts several, one per line)."""
+    if isinstance(message, str):
+        message = message.encode()
+    if b"\n" not in message:
+        yield orjson.loads(message)
+        return
+    for line in message.split(b"\n"):
+        if line:
+            yield orjson.loads(line)

@@ -1,0 +1,435 @@
+"""`EventBusClient`: the asynchronous client, on anyio, so one implementation runs under
+``asyncio.run`` and ``trio.run``.
+
+Theory of operation: one *session* task owns the WebSocket (httpx-ws). It connects with batching
+on, reads the `welcome`, (re)sends every publish still waiting for its ack, then reads: events go
+to the handlers (and to `events()`), acks and errors resolve the requests waiting for them. When
+the connection drops it reconnects with backoff and resumes from the last `seq` it delivered
+(`since=` + `epoch=`), so nothing is missed or delivered twice while the bus's log covers it; a
+`gap` the log cannot fill (retention, a new epoch) goes to `on_gap` callbacks, or ends the
+session with `HistoryLost`. A `slow_consumer` gap is filled from the log over REST before the
+next live event is handled.
+
+The session runs either in the foreground (`listen_async()`, as the specification's example)
+or in the background of ``async with client:`` (then `events()`, `publish()`, `subscribe()`).
+Every WebSocket publish carries an idempotency key, so resending after a reconnect never stores
+an event twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import attrs
+import httpx
+import orjson
+from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnect, aconnect_ws
+
+from ipt_bus.client import _common
+from ipt_bus.client._common import BusUnavailable, Gap, HistoryLost, PublishRejected
+from ipt_bus.model import Event, Published
+from ipt_bus.topics import matches_any, validate_pattern
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+log = logging.getLogger("ipt_bus.client")
+
+Self = TypeVar("Self", bound="EventBusClient")
+RETRYABLE_CODES = frozenset({"overloaded", "shutting_down", "storage_unavailable", "storage_full"})
+_DISCONNECTED = (
+    WebSocketDisconnect,
+    HTTPXWSException,
+    httpx.TransportError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+
+
+@attrs.define
+class _Request:
+    """A frame sent on the WebSocket that waits for its answer (resent after a reconnect)."""
+
+    frame: dict[str, Any]
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    answer: dict[str, Any] | None = None
+    attempts: int = 0
+
+
+class EventBusClient:
+    """Subscribe to and publish events.
+
+    Args:
+        url: the bus (default ``$IPT_BUS_URL``, else ``http://127.0.0.1:8765``).
+        topics: patterns to subscribe to (default: everything); `connect_async` can set them.
+        timeout: seconds for each request (a publish waiting for its ack included).
+        retries: further attempts of a publish the bus did not take (unreachable, overloaded).
+        reconnect: reconnect (and resume) when the connection drops.
+        since: resume from this `seq` on the first connection (with `epoch`, if known).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        topics: Sequence[str] | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        reconnect: bool = True,
+        since: int | None = None,
+        epoch: str | None = None,
+        queue_size: int = 10_000,
+    ) -> None:
+        self.url = _common.bus_url(url)
+        self.timeout = timeout
+        self.retries = retries
+        self.reconnect = reconnect
+        self.topics: list[str] = [validate_pattern(t, "topics") for t in topics or ()]
+        self.last_seq = since
+        self.epoch = epoch
+        self._handlers: list[tuple[str, Callable[[Event], Any]]] = []
+        self._gap_handlers: list[Callable[[Gap], Any]] = []
+        self._http: httpx.AsyncClient | None = None
+        self._ws: Any = None
+        self._connected = anyio.Event()
+        self._requests: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
+        self._queue_size = queue_size
+        self._stream: tuple[Any, Any] | None = None  # (send, receive) of events() while open
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._group: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._running = False  # a session is on: publishes go over the WebSocket
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def add_event_handler(self, pattern: str, handler: Callable[[Event], Any]) -> None:
+        """Call `handler(event)` (a function or a coroutine function) for each event whose
+        topic matches `pattern` (``task.status``, ``task.*``, ``cost.**``). A handler that
+        raises is logged; the others and the listener go on."""
+        self._handlers.append((validate_pattern(pattern, "pattern"), handler))
+
+    def on_gap(self, handler: Callable[[Gap], Any]) -> None:
+        """Be told of history the bus no longer has (instead of `listen_async` raising
+        `HistoryLost`); the listener then goes on with what comes next."""
+        self._gap_handlers.append(handler)
+
+    # --- connecting -------------------------------------------------------------------------
+
+    async def connect_async(self, topics: Sequence[str] | None = None) -> None:
+        """Set the topics to subscribe to and check that the bus answers.
+
+        The WebSocket itself is opened by `listen_async()` (or ``async with client``), which
+        also keeps it open. Raises `BusUnavailable` when the bus cannot be reached.
+        """
+        if topics is not None:
+            self.topics = [validate_pattern(t, "topics") for t in topics]
+        http = self._client()
+        try:
+            response = await http.get("/health")
+        except httpx.TransportError as exc:
+            raise _common.unavailable(self.url, 1, exc) from None
+        if response.status_code != 200:
+            raise _common.unavailable(self.url, 1, f"/health answered {response.status_code}")
+
+    async def listen_async(self) -> None:
+        """Receive events and call the handlers until `close()`; reconnects and resumes.
+
+        Raises:
+            HistoryLost: the bus no longer had events after the last `seq` (and no `on_gap`).
+            BusUnavailable: the bus could not be reached and `reconnect` is off.
+        """
+        await self._session()
+
+    async def __aenter__(self: Self) -> Self:
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._group = await stack.enter_async_context(anyio.create_task_group())
+            await self._group.start(self._session)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the session (if any) and close the connections."""
+        group, stack = self._group, self._stack
+        self._group = self._stack = None
+        if self._scope is not None:
+            self._scope.cancel()
+        if group is not None:
+            group.cancel_scope.cancel()
+        if stack is not None:
+            await stack.__aexit__(None, None, None)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
+        return self._http
+
+    # --- the session ------------------------------------------------------------------------
+
+    async def _session(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self._running:
+            raise RuntimeError("this client is already listening")
+        self._running = True
+        try:
+            with anyio.CancelScope() as self._scope:
+                await self._connect_loop(task_status)
+        finally:
+            self._running = False
+            self._scope = None
+            self._ws = None
+            self._connected = anyio.Event()
+
+    async def _connect_loop(self, task_status: TaskStatus[None]) -> None:
+        attempt = 0
+        started = False
+        while True:
+            try:
+                ws: AsyncWebSocketSession
+                async with aconnect_ws(
+                    self._ws_url(), self._client(), keepalive_ping_interval_seconds=None
+                ) as ws:
+                    await self._welcome(ws)
+                    self._ws = ws
+                    self._connected.set()
+                    attempt = 0
+                    if not started:
+                        started = True
+                        task_status.started()
+                    for request in list(self._requests.values()):
+                        await ws.send_text(orjson.dumps(request.frame).decode())
+                    while True:
+                        await self._on_message(await ws.receive_text())
+            except _DISCONNECTED as exc:
+                self._ws = None
+                self._connected = anyio.Event()
+                if not self.reconnect:
+                    raise _common.unavailable(self.url, attempt + 1, exc) from None
+                delay = _common.backoff(attempt, cap=5.0)
+                log.info("connection to %s lost (%s); reconnecting in %.1f s", self.url, exc, delay)
+                attempt += 1
+                await anyio.sleep(delay)
+
+    def _ws_url(self) -> str:
+        query = {"batch": "1"}
+        if self.topics:
+            query["topics"] = ",".join(self.topics)
+        if self.last_seq is not None:
+            query["since"] = str(self.last_seq)
+            if self.epoch is not None:
+                query["epoch"] = self.epoch
+        return _common.ws_url(self.url, query)
+
+    async def _welcome(self, ws: Any) -> None:
+        with anyio.fail_after(self.timeout):
+            first = orjson.loads(await ws.receive_text())
+        if first.get("action") != "welcome":
+            raise HTTPXWSException(f"expected a welcome frame, got {first!r:.200}")
+        self.epoch = first["epoch"]
+        if self.last_seq is None:
+            self.last_seq = first["seq"]  # live from here; resume from here after a drop
+
+    async def _on_message(self, message: str) -> None:
+        for frame in _common.frames(message):
+            action = frame.get("action")
+            if action is None:
+                await self._deliver(_common.event_from_bus(frame))
+            elif action == "gap":
+                await self._on_gap(frame)
+            else:
+                request = self._requests.get(frame.get("id"))  # type: ignore[arg-type]
+                if request is not None:
+                    request.answer = frame
+                    request.done.set()
+
+    async def _deliver(self, event: Event) -> None:
+        seq = event.seq
+        if seq is not None:
+            if self.last_seq is not None and seq <= self.last_seq:
+                return  # seen already (a resume overlapping what arrived)
+            self.last_seq = seq
+        topic = event.topic
+        for pattern, handler in self._handlers:
+            if matches_any((pattern,), topic):
+                try:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("event handler %r failed on %s (seq %s)", handler, topic, seq)
+        if self._stream is not None:
+            await self._stream[0].send(event)
+
+    async def _on_gap(self, frame: dict[str, Any]) -> None:
+        gap = Gap(frame["reason"], frame["from_seq"], frame.get("to_seq"), frame.get("epoch"))
+        if gap.reason == "slow_consumer" and gap.to_seq is not None:
+            if await self._fill(gap.from_seq - 1, gap.to_seq):
+                return
+            gap = attrs.evolve(gap, reason="retention")
+        if gap.reason == "epoch":
+            self.last_seq = 0  # the log started over: everything in it is new to us
+            self.epoch = gap.epoch
+        elif gap.to_seq is not None:
+            self.last_seq = max(self.last_seq or 0, gap.to_seq)
+        if not self._gap_handlers:
+            raise HistoryLost(gap)
+        for handler in self._gap_handlers:
+            result = handler(gap)
+            if inspect.isawaitable(result):
+                await result
+
+    async def _fill(self, since: int, until: int) -> bool:
+        """Deliver events `since`+1..`until` from the log (after a slow-consumer gap); False if
+        the log no longer has all of them."""
+        http = self._client()
+        while since < until:
+            params: dict[str, Any] = {"since": since, "limit": 1000}
+            if self.topics:
+                params["topic"] = ",".join(self.topics)
+            body = (await http.get("/events", params=params)).json()
+            if body.get("gaps"):
+                return False
+            for obj in body["events"]:
+                if obj["seq"] > until:
+                    return True
+                await self._deliver(_common.event_from_bus(obj))
+            if not body["events"]:
+                return True
+            since = body["next"]
+        return True
+
+    # --- receiving with `async for` ---------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event the session receives, in order, inside ``async with client:``.
+
+        Bounded: a consumer that falls behind slows the session down, the bus then drops for
+        this connection and the client refills the gap from the log.
+        """
+        if self._group is None:
+            raise RuntimeError("use `async with EventBusClient(...) as client:` around events()")
+        send, receive = anyio.create_memory_object_stream[Event](self._queue_size)
+        self._stream = (send, receive)
+        try:
+            async with receive:
+                async for event in receive:
+                    yield event
+        finally:
+            self._stream = None
+            await send.aclose()
+
+    # --- requests on the WebSocket ----------------------------------------------------------
+
+    async def subscribe(self, topics: Sequence[str]) -> list[str]:
+        """Add patterns; returns every pattern the connection now holds."""
+        patterns = [validate_pattern(t, "topics") for t in topics]
+        answer = await self._request({"action": "subscribe", "topics": patterns})
+        self.topics = list(answer["topics"])
+        return self.topics
+
+    async def unsubscribe(self, topics: Sequence[str]) -> list[str]:
+        patterns = [validate_pattern(t, "topics") for t in topics]
+        answer = await self._request({"action": "unsubscribe", "topics": patterns})
+        self.topics = list(answer["topics"])
+        return self.topics
+
+    async def publish(self, event: Event, *, idempotency_key: str | None = None) -> Published:
+        """Publish over the WebSocket and wait for its ack (inside ``async with client`` or
+        while `listen_async` runs); otherwise over REST. Retried with the same idempotency key
+        while the bus cannot take it. Raises `PublishRejected`, `BusUnavailable`."""
+        if not self._running:
+            return (await self._post(event, idempotency_key))[0]
+        frame = {
+            "action": "publish",
+            "idempotency_key": idempotency_key or _common.new_key(),
+            "event": _common.event_body(event),
+        }
+        answer = await self._request(frame)
+        ack = answer["event"]
+        return Published(ack["id"], ack["seq"])
+
+    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        if not self._running:
+            raise RuntimeError("not connected: use `async with client:` or run listen_async()")
+        rid = next(self._ids)
+        request = _Request({**frame, "id": rid})
+        self._requests[rid] = request
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    await anyio.sleep(_common.backoff(attempt - 1))
+                    request.done = anyio.Event()
+                with anyio.move_on_after(self.timeout):
+                    await self._send(request)
+                    await request.done.wait()
+                answer = request.answer
+                if answer is None:
+                    continue  # no answer in time: try again (the key makes it safe)
+                if answer.get("action") != "error":
+                    return answer
+                err = answer["error"]
+                if err["code"] not in RETRYABLE_CODES:
+                    raise PublishRejected(err["code"], err["message"], err.get("field"))
+                request.answer = None
+            raise BusUnavailable(
+                f"the bus at {self.url} did not answer {frame['action']!r} after "
+                f"{self.retries + 1} attempts"
+            )
+        finally:
+            del self._requests[rid]
+
+    async def _send(self, request: _Request) -> None:
+        await self._connected.wait()
+        with contextlib.suppress(*_DISCONNECTED):  # the session resends it on reconnect
+            await self._ws.send_text(orjson.dumps(request.frame).decode())
+
+    # --- REST -------------------------------------------------------------------------------
+
+    async def publish_event_rest_async(self, event: Event) -> Published:
+        """Publish one event over REST (retried with one idempotency key)."""
+        return (await self._post(event, None))[0]
+
+    async def publish_many_rest_async(self, events: Sequence[Event]) -> list[Published]:
+        """Publish events in one REST request (all or nothing, at most 1,000), in order."""
+        return await self._post(list(events), None)
+
+    async def _post(self, events: Event | list[Event], key: str | None) -> list[Published]:
+        body, headers = _common.publish_request(events)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        http = self._client()
+        last: object = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await anyio.sleep(_common.backoff(attempt - 1))
+            try:
+                response = await http.post("/events", content=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            result = _common.published(
+                response.status_code, response.content, isinstance(events, Event)
+            )
+            if result is not None:
+                return result
+            last = f"HTTP {response.status_code}"
+        raise _common.unavailable(self.url, self.retries + 1, last)
