@@ -36,7 +36,7 @@ from ipt_bus.model import Event, Published
 from ipt_bus.topics import matches_any, validate_pattern
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import Callable, Sequence
 
     from anyio.abc import TaskGroup, TaskStatus
 
@@ -104,7 +104,7 @@ class EventBusClient:
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count(1)
         self._queue_size = queue_size
-        self._stream: tuple[Any, Any] | None = None  # (send, receive) of events() while open
+        self._stream: EventStream | None = None  # the iterator events() handed out last
         self._stack: contextlib.AsyncExitStack | None = None
         self._group: TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
@@ -219,7 +219,10 @@ class EventBusClient:
                         await ws.send_text(orjson.dumps(request.frame).decode())
                     while True:
                         await self._on_message(await ws.receive_text())
-            except _DISCONNECTED as exc:
+            except Exception as group:  # httpx-ws raises through its task group: unwrap
+                exc = _single(group)
+                if not isinstance(exc, _DISCONNECTED):
+                    raise exc from None
                 self._ws = None
                 self._connected = anyio.Event()
                 if not self.reconnect:
@@ -276,8 +279,9 @@ class EventBusClient:
                         await result
                 except Exception:
                     log.exception("event handler %r failed on %s (seq %s)", handler, topic, seq)
-        if self._stream is not None:
-            await self._stream[0].send(event)
+        stream = self._stream
+        if stream is not None:
+            await stream.put(event)
 
     async def _on_gap(self, frame: dict[str, Any]) -> None:
         gap = Gap(frame["reason"], frame["from_seq"], frame.get("to_seq"), frame.get("epoch"))
@@ -319,23 +323,18 @@ class EventBusClient:
 
     # --- receiving with `async for` ---------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event the session receives, in order, inside ``async with client:``.
+    def events(self) -> EventStream:
+        """The events the session receives from this call on, in order, inside
+        ``async with client:``: ``async for event in client.events(): ...``.
 
-        Bounded: a consumer that falls behind slows the session down, the bus then drops for
+        Bounded: a consumer that falls behind slows the session down; the bus then drops for
         this connection and the client refills the gap from the log.
         """
         if self._group is None:
             raise RuntimeError("use `async with EventBusClient(...) as client:` around events()")
-        send, receive = anyio.create_memory_object_stream[Event](self._queue_size)
-        self._stream = (send, receive)
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            self._stream = None
-            await send.aclose()
+        stream = EventStream(self, self._queue_size)
+        self._stream = stream
+        return stream
 
     # --- requests on the WebSocket ----------------------------------------------------------
 
@@ -433,3 +432,38 @@ class EventBusClient:
                 return result
             last = f"HTTP {response.status_code}"
         raise _common.unavailable(self.url, self.retries + 1, last)
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups, else `exc`."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class EventStream:
+    """What `EventBusClient.events()` returns: an async iterator over received events."""
+
+    def __init__(self, client: EventBusClient, size: int) -> None:
+        self._client = client
+        self._send, self._receive = anyio.create_memory_object_stream[Event](size)
+
+    async def put(self, event: Event) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._send.send(event)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Stop receiving (the client stops queueing events for this iterator)."""
+        if self._client._stream is self:
+            self._client._stream = None
+        self._send.close()
+        self._receive.close()
