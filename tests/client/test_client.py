@@ -302,6 +302,7 @@ async def test_resume_after_the_server_drops_the_connection() -> None:
                     body = [event("load.x", n=batch * 50 + i) for i in range(50)]
                     assert (await http.post("/events", json=body)).status_code == 201
                     if batch in (10, 25):  # the server drops the client mid-stream
+                        await wait_for(lambda: server.bus.router.statistics().connections == 1)
                         # no public way to kick one connection: close its outbox (1011)
                         for outbox in list(server.bus.router._router._outboxes.values()):
                             outbox.close(1011)
