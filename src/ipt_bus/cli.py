@@ -1,4 +1,6 @@
-"""The `ipt-bus` command. Exit codes: 0 clean stop, 1 the bus failed, 2 bad arguments."""
+"""The `ipt-bus` command: `serve` runs the bus; `tail`, `publish`, `stats` and `topics` talk to
+one. Exit codes: 0 done (a clean stop), 1 the bus failed or could not be reached, 2 bad
+arguments (or input the bus rejected)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import trio
 
 from ipt_bus.bus import __version__
+from ipt_bus.client import commands as client_commands
 from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
 from ipt_bus.errors import StorageOpenError
 from ipt_bus.server import Server, serve
@@ -75,6 +78,24 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated browser Origins allowed on /ws (default: any)",
     )
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+    url_help = "the bus (default $IPT_BUS_URL, else http://127.0.0.1:8765)"
+    t = commands.add_parser("tail", help="print events as they are published")
+    t.add_argument("patterns", nargs="*", metavar="PATTERN", help="topic patterns (default: all)")
+    t.add_argument("--since", type=int, default=None, help="first replay the log after this seq")
+    t.add_argument("--json", action="store_true", help="raw events, one JSON object per line")
+    t.add_argument("--url", default=None, help=url_help)
+    p = commands.add_parser("publish", help="publish one event")
+    p.add_argument("topic")
+    p.add_argument("--type", required=True, dest="type_", metavar="TYPE", help="event type")
+    p.add_argument("--payload", default=None, help="a JSON object, or @FILE (default {})")
+    p.add_argument("--source", default=None)
+    p.add_argument("--correlation-id", default=None)
+    p.add_argument("--url", default=None, help=url_help)
+    for name, text in (("stats", "the bus's statistics"), ("topics", "topics and their counts")):
+        c = commands.add_parser(name, help=text)
+        c.add_argument("--json", action="store_true", help="the raw JSON answer")
+        c.add_argument("--url", default=None, help=url_help)
     return parser
 
 
@@ -102,6 +123,19 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    out = sys.stdout
+    match args.command:
+        case "tail":
+            return client_commands.tail(args.url, args.patterns, args.since, args.json, out)
+        case "publish":
+            return client_commands.publish(
+                args.url, args.topic, args.type_, args.payload, args.source,
+                args.correlation_id, out,
+            )  # fmt: skip
+        case "stats":
+            return client_commands.stats(args.url, args.json, out)
+        case "topics":
+            return client_commands.topics(args.url, args.json, out)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -149,6 +149,13 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
     return float(min(cap, base * 2**attempt))
 
 
+def unreachable(url: str, why: object) -> BusUnavailable:
+    return BusUnavailable(
+        f"cannot reach the bus at {url} ({why}); is `ipt-bus serve` running there? "
+        "Set IPT_BUS_URL (or --url / url=) to point elsewhere"
+    )
+
+
 def unavailable(url: str, attempts: int, last: object) -> BusUnavailable:
     return BusUnavailable(
         f"the bus at {url} did not take the publish after {attempts} attempts ({last}); "

@@ -137,9 +137,9 @@ class EventBusClient:
         try:
             response = await http.get("/health")
         except httpx.TransportError as exc:
-            raise _common.unavailable(self.url, 1, exc) from None
+            raise _common.unreachable(self.url, exc) from None
         if response.status_code != 200:
-            raise _common.unavailable(self.url, 1, f"/health answered {response.status_code}")
+            raise _common.unreachable(self.url, f"/health answered {response.status_code}")
 
     async def listen_async(self) -> None:
         """Receive events and call the handlers until `close()`; reconnects and resumes.
@@ -226,7 +226,7 @@ class EventBusClient:
                 self._ws = None
                 self._connected = anyio.Event()
                 if not self.reconnect:
-                    raise _common.unavailable(self.url, attempt + 1, exc) from None
+                    raise _common.unreachable(self.url, exc) from None
                 delay = _common.backoff(attempt, cap=5.0)
                 log.info("connection to %s lost (%s); reconnecting in %.1f s", self.url, exc, delay)
                 attempt += 1
