@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,9 +26,10 @@ from tests.conftest import event, running_server, wait_for
 from tests.integration.test_launch import free_port
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ipt_bus.server import Server
 
-SPEC = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 
 SYNC_EXAMPLE = """
 from ipt_bus.client import EventBusPublisher
@@ -340,7 +339,3 @@ async def test_history_lost_is_raised_or_reported() -> None:
             await client.close()
         assert [g.reason for g in gaps] == ["epoch", "retention"]
         assert seqs == list(range(21, 31))
-
-
-def test_docs_client_md_exists() -> None:
-    assert SPEC.exists(), textwrap.dedent("docs/client.md documents this client")

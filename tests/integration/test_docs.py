@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 import pytest
 import trio
@@ -119,3 +122,58 @@ def test_storage_md_serve_commands_are_valid() -> None:
     for line in lines:
         config = config_from_args(shlex.split(line)[1:])
         assert config.storage in ("sqlite", "memory")
+
+
+async def test_client_md_examples_run(tmp_path: Path) -> None:
+    """Every ```python block of client.md runs as its own program against a real bus."""
+    runnable = blocks("client.md", "python")
+    assert len(runnable) >= 4
+    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
+        env = {**os.environ, "IPT_BUS_URL": server.url}
+        for code in runnable:
+            with trio.fail_after(30):
+                result = await trio.run_process(
+                    [sys.executable, "-c", code], env=env, capture_stdout=True, check=False
+                )
+            assert result.returncode == 0, code
+        topics = {t["topic"]: t["count"] for t in (await _json(server, "/topics"))["topics"]}
+    assert topics["custom.deploy"] == 2
+    assert topics["custom.analysis"] == 1
+    assert topics["custom.ping"] == 1
+    assert topics["logs.warning"] == 1
+
+
+async def test_cli_md_commands_run(tmp_path: Path) -> None:
+    commands = [line for block in blocks("cli.md", "sh") for line in block.strip().splitlines()]
+    assert len(commands) == 6
+    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
+        env = {**os.environ, "IPT_BUS_URL": server.url}
+        outputs = []
+        for command in commands:
+            argv = shlex.split(command)
+            argv[0] = str(Path(sys.executable).parent / "ipt-bus")
+            if argv[1] == "tail":
+                proc = await trio.lowlevel.open_process(argv, env=env, stdout=-1)
+                assert proc.stdout is not None
+                with trio.move_on_after(2):
+                    seen = b""
+                    while seen.count(b"\n") < (2 if "--json" not in argv else 1):
+                        seen += await proc.stdout.receive_some(4096)
+                proc.terminate()
+                await proc.wait()
+                outputs.append(seen.decode())
+                continue
+            with trio.fail_after(20):
+                result = await trio.run_process(argv, env=env, capture_stdout=True)
+            outputs.append(result.stdout.decode())
+    assert orjson.loads(outputs[0])["seq"] == 1
+    assert "task.status task_status_changed" in outputs[2]
+    assert "logs.warning log_message" in outputs[2]
+    assert orjson.loads(outputs[3].splitlines()[0])["topic"] == "task.status"
+    assert outputs[4].startswith("uptime")
+    assert "task.status" in outputs[5]
+
+
+async def _json(server: Server, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        return (await http.get(path)).json()
