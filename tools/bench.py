@@ -5,7 +5,8 @@ to core 1. Its WebSocket receivers do not decode events: they split frames and s
 ``"seq":``/``"t":`` markers, so one Python process keeps up with far more than the server sends.
 Every workload reports the load generator's CPU use so a saturated generator is visible.
 
-    python tools/bench.py [--quick] [--only fanout,latency,idle,rest,codec,durable] [--json FILE]
+    python tools/bench.py [--quick] [--only fanout,latency,idle,rest,codec,durable,client]
+                          [--json FILE]
 """
 
 from __future__ import annotations
@@ -543,6 +544,91 @@ async def history(storage: str, events: int = 100_000, page: int = 1_000) -> dic
     }
 
 
+def _client_receive(port: int, expected: int, out: Any) -> None:
+    """In a child process: the async client replays `expected` events through a no-op handler."""
+    import asyncio
+
+    from ipt_bus.client import EventBusClient
+
+    async def main() -> None:
+        client = EventBusClient(f"http://127.0.0.1:{port}", since=0)
+        count = 0
+        done = asyncio.Event()
+
+        def handler(_: Any) -> None:
+            nonlocal count
+            count += 1
+            if count == expected:
+                done.set()
+
+        client.add_event_handler("**", handler)
+        t0, c0 = time.monotonic(), time.process_time()
+        task = asyncio.create_task(client.listen_async())
+        await done.wait()
+        elapsed, cpu = time.monotonic() - t0, time.process_time() - c0
+        await client.close()
+        task.cancel()
+        out.put({"events_per_s": round(expected / elapsed), "client_cpu": round(cpu / elapsed, 2)})
+
+    asyncio.run(main())
+
+
+async def client_speed(backlog: int) -> list[dict[str, Any]]:
+    """The Python client: replaying a backlog through a no-op handler (one core), and the
+    sync publisher's sequential and batched rates, against memory and SQLite (safe)."""
+    import multiprocessing
+
+    from ipt_bus.client import Event, EventBusPublisher
+
+    rows: list[dict[str, Any]] = []
+    port = free_port()
+    with server("bus", port, "memory"):
+        url = f"http://127.0.0.1:{port}"
+        body = [Event(type="bench_event", topic="bench.client", payload={"pad": PAD})] * 1000
+        with EventBusPublisher(url) as publisher:
+            for _ in range(backlog // 1000):
+                publisher.publish_many(body)
+        queue: Any = multiprocessing.get_context("spawn").Queue()
+        child = multiprocessing.get_context("spawn").Process(
+            target=_client_receive, args=(port, backlog, queue)
+        )
+        child.start()
+        result = await trio.to_thread.run_sync(queue.get)
+        child.join()
+        rows.append({"test": "async_client_replay", "events": backlog, **result})
+    for storage in ("memory", "safe"):
+        port = free_port()
+        with server("bus", port, storage):
+            url = f"http://127.0.0.1:{port}"
+
+            def sequential(url: str = url) -> dict[str, Any]:
+                event = Event(type="bench_event", topic="bench.seq", payload={"pad": PAD})
+                with EventBusPublisher(url) as publisher:
+                    for _ in range(50):
+                        publisher.publish(event)
+                    n, t0, c0 = 0, time.monotonic(), time.process_time()
+                    while time.monotonic() - t0 < 3:
+                        publisher.publish(event)
+                        n += 1
+                    elapsed = time.monotonic() - t0
+                    cpu = time.process_time() - c0
+                    batch = [event] * 100
+                    m, t1 = 0, time.monotonic()
+                    while time.monotonic() - t1 < 3:
+                        publisher.publish_many(batch)
+                        m += 100
+                    batched = m / (time.monotonic() - t1)
+                return {
+                    "storage": storage,
+                    "sequential_publishes_per_s": round(n / elapsed),
+                    "publisher_cpu": round(cpu / elapsed, 2),
+                    "publish_many_100_events_per_s": round(batched),
+                }
+
+            rows.append({"test": "sync_publisher", **await trio.to_thread.run_sync(sequential)})
+    return rows
+
+
 def codec_micro() -> dict[str, Any]:
     """orjson vs msgspec on one ~400-byte event (why the codec uses orjson)."""
     import timeit
@@ -601,6 +687,9 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
         out("rest", await rest(100, 4, seconds))
     if "codec" in only:
         out("codec", codec_micro())
+    if "client" in only:
+        for row in await client_speed(100_000 if quick else 300_000):
+            out("client", row)
     if "durable" in only:
         for storage in ("memory", "safe", "fast"):
             out("durable_ws", await ws_publish(storage, seconds))
@@ -615,7 +704,7 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
-    parser.add_argument("--only", default="fanout,latency,idle,rest,codec,durable")
+    parser.add_argument("--only", default="fanout,latency,idle,rest,codec,durable,client")
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args()
     _raise_nofile()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
-import httpx
 import orjson
 import pytest
 import trio
@@ -63,33 +65,47 @@ async def test_rejected_input_is_exit_2_naming_the_problem(tmp_path: Path) -> No
         assert {"topic": "a"}.items() <= orjson.loads(out)["topics"][0].items()
 
 
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Drops the first request unanswered, answers 503 to the second, 201 after."""
+
+    protocol_version = "HTTP/1.1"
+    keys: ClassVar[list[str | None]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.keys.append(self.headers.get("Idempotency-Key"))
+        if len(self.keys) == 1:
+            self.close_connection = True  # the answer is lost
+            return
+        status, body = (503, b"{}") if len(self.keys) == 2 else (201, b'{"id": "e-1", "seq": 1}')
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_publisher_retries_with_one_idempotency_key() -> None:
-    seen: list[tuple[str | None, int]] = []
-    answers = iter([httpx.ConnectError("refused"), 503, 201])
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        answer = next(answers)
-        seen.append((request.headers.get("Idempotency-Key"), len(seen)))
-        if isinstance(answer, Exception):
-            raise answer
-        if answer == 503:
-            return httpx.Response(503, json={"error": {"code": "overloaded", "message": "busy"}})
-        return httpx.Response(201, json={"id": "e-1", "seq": 1})
-
-    publisher = EventBusPublisher("http://bus.invalid")
-    publisher._http = httpx.Client(
-        base_url="http://bus.invalid", transport=httpx.MockTransport(handler)
-    )
-    assert publisher.publish(Event(type="t", topic="a")).seq == 1
-    keys = {key for key, _ in seen}
-    assert len(seen) == 3
-    assert len(keys) == 1
-    assert None not in keys  # one key, on every attempt
-
-    publisher._http = httpx.Client(
-        base_url="http://bus.invalid",
-        transport=httpx.MockTransport(lambda _: httpx.Response(503, json={})),
-    )
-    publisher.retries = 1
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with EventBusPublisher(url) as publisher:
+            assert publisher.publish(Event(type="t", topic="a")).seq == 1
+        assert len(_Flaky.keys) == 3
+        assert len(set(_Flaky.keys)) == 1  # one key, on every attempt
+        assert _Flaky.keys[0] is not None
+        _Flaky.keys.clear()
+        _Flaky.keys.extend(["x", "y"])  # from now on: 201 at once
+        with EventBusPublisher(url) as publisher:
+            publisher.publish(Event(type="t", topic="a"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    nowhere = EventBusPublisher(f"http://127.0.0.1:{free_port()}", retries=1)
     with pytest.raises(BusUnavailable, match="after 2 attempts"):
-        publisher.publish(Event(type="t", topic="a"))
+        nowhere.publish(Event(type="t", topic="a"))

@@ -1,16 +1,21 @@
 """`EventBusPublisher`: the synchronous publisher of the specification's examples.
 
-One kept-alive HTTP connection (httpx), a timeout on every call, and retries only where they
-are safe: every publish carries an idempotency key, so a retry after a lost answer returns the
-first answer instead of storing the event twice.
+One kept-alive HTTP connection, a timeout on every call, and retries only where they are safe:
+every publish carries an idempotency key, so a retry after a lost answer returns the first
+answer instead of storing the event twice.
+
+It uses the standard library's `http.client`, not httpx: measured here, httpx's sync client
+spent 0.9 ms of CPU per publish against 0.24 ms, which capped a sequential publisher at ~540
+publishes/s instead of ~900 (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import http.client
+import threading
 import time
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
-
-import httpx
+from urllib.parse import urlsplit
 
 from ipt_bus.client import _common, events
 from ipt_bus.model import Event, Published
@@ -47,7 +52,16 @@ class EventBusPublisher:
     def __init__(self, url: str | None = None, *, timeout: float = 10.0, retries: int = 3) -> None:
         self.url = _common.bus_url(url)
         self.retries = retries
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.timeout = timeout
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the bus URL must be http(s)://HOST[:PORT], got {self.url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()  # one request at a time on the kept-alive connection
 
     def publish(self, event: Event) -> Published:
         """Publish one event; where the bus put it. Raises `PublishRejected`, `BusUnavailable`."""
@@ -64,20 +78,32 @@ class EventBusPublisher:
             if attempt:
                 time.sleep(_common.backoff(attempt - 1))
             try:
-                response = self._http.post("/events", content=body, headers=headers)
-            except httpx.TransportError as exc:
+                status, content = self._request(body, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()  # a broken keep-alive connection: the next attempt opens anew
                 last = exc
                 continue
-            result = _common.published(
-                response.status_code, response.content, isinstance(events, Event)
-            )
+            result = _common.published(status, content, isinstance(events, Event))
             if result is not None:
                 return result
-            last = f"HTTP {response.status_code}"
+            last = f"HTTP {status}"
         raise _common.unavailable(self.url, self.retries + 1, last)
 
+    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                conn = self._conn = kind(self._host, self._port, timeout=self.timeout)
+            conn.request("POST", f"{self._prefix}/events", body, headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def __enter__(self: Self) -> Self:
         return self
