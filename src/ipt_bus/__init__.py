@@ -1,8 +1,11 @@
-"""ipt_bus: a real-time pub/sub event bus on trio (topics over WebSocket and REST)."""
+"""ipt_bus: a real-time pub/sub event bus on trio (topics over WebSocket and REST).
 
-from ipt_bus.bus import BusHandle as BusHandle
-from ipt_bus.bus import __version__ as __version__
-from ipt_bus.bus import run_bus as run_bus
+The server side (`run_bus`, `BusHandle`) is imported on first use, so that `ipt_bus.client`
+(which runs on asyncio as well as trio) does not load the server, trio and SQLite with it.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from ipt_bus.config import BusConfig as BusConfig
 from ipt_bus.errors import BusBroken as BusBroken
 from ipt_bus.errors import BusClosed as BusClosed
@@ -15,6 +18,21 @@ from ipt_bus.errors import ProtocolError as ProtocolError
 from ipt_bus.errors import StorageError as StorageError
 from ipt_bus.model import Event as Event
 from ipt_bus.model import Published as Published
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from ipt_bus.bus import BusHandle as BusHandle
+    from ipt_bus.bus import run_bus as run_bus
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("BusHandle", "run_bus"):
+        from ipt_bus import bus
+
+        return getattr(bus, name)
+    raise AttributeError(f"module 'ipt_bus' has no attribute {name!r}")
+
 
 __all__ = [
     "BusBroken",

@@ -18,6 +18,7 @@ from typing import Any, final
 import attrs
 import trio
 
+from ipt_bus import __version__
 from ipt_bus.config import BusConfig
 from ipt_bus.dlq import DeadLetters
 from ipt_bus.errors import CloseCode, StorageError
@@ -28,8 +29,6 @@ from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
 
 log = logging.getLogger("ipt_bus.bus")
-
-__version__ = "0.1.0"
 
 
 @final

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from ipt_bus.bus import __version__
+from ipt_bus import __version__
 from ipt_bus.client import commands as client_commands
 from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
 from ipt_bus.errors import StorageOpenError
