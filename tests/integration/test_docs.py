@@ -177,3 +177,13 @@ async def test_cli_md_commands_run(tmp_path: Path) -> None:
 async def _json(server: Server, path: str) -> Any:
     async with httpx.AsyncClient(base_url=server.url) as http:
         return (await http.get(path)).json()
+
+
+async def test_readme_python_runs() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    async with running_server() as server:
+        env = {**os.environ, "IPT_BUS_URL": server.url}
+        with trio.fail_after(30):
+            await trio.run_process([sys.executable, "-c", code], env=env)
+        assert server.bus.log.last_seq == 1
