@@ -15,6 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from ipt_bus.config import BusConfig
+from ipt_bus.schemas import SCHEMAS
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:
@@ -111,7 +112,17 @@ async def request(conn: WebSocketConnection, frame: dict[str, Any]) -> dict[str,
 def event(
     topic: str = "custom.test", type_: str = "custom_event", **payload: Any
 ) -> dict[str, Any]:
-    return {"type": type_, "topic": topic, "payload": payload}
+    """An event; for a standard topic its schema's required payload fields are filled in."""
+    return {"type": type_, "topic": topic, "payload": {**REQUIRED.get(topic, {}), **payload}}
+
+
+_SAMPLE = {"string": "x", "number": 0.5, "integer": 1}
+REQUIRED = {
+    topic: {
+        f.name: _SAMPLE[f.metadata["kind"]] for f in attrs.fields(cls) if f.metadata["required"]
+    }
+    for topic, cls in SCHEMAS.items()
+}
 
 
 async def wait_for(predicate: Any, *, seconds: float = 10.0) -> None:

@@ -601,7 +601,7 @@ async def client_speed(backlog: int) -> list[dict[str, Any]]:
         with server("bus", port, storage):
             url = f"http://127.0.0.1:{port}"
 
-            def sequential(url: str = url) -> dict[str, Any]:
+            def sequential(url: str = url, storage: str = storage) -> dict[str, Any]:
                 event = Event(type="bench_event", topic="bench.seq", payload={"pad": PAD})
                 with EventBusPublisher(url) as publisher:
                     for _ in range(50):

@@ -13,20 +13,25 @@ import itertools
 import logging
 import socket
 from pathlib import Path
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
 
-from ipt_bus import __version__
+from ipt_bus import __version__, schemas
 from ipt_bus.config import BusConfig
 from ipt_bus.dlq import DeadLetters
-from ipt_bus.errors import CloseCode, StorageError
+from ipt_bus.errors import CloseCode, ProtocolError, StorageError
 from ipt_bus.router import RouterHandle, start_router
-from ipt_bus.stats import StatsHandle, start_stats
+from ipt_bus.stats import Counted, StatsHandle, start_stats
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ipt_bus.model import Event
 
 log = logging.getLogger("ipt_bus.bus")
 
@@ -62,6 +67,20 @@ class BusHandle:
         """
         cfg = self.config
         return max(cfg.batch_linger_seconds, self.batch_writers / cfg.batch_messages_per_second)
+
+    def validate(self, events: Sequence[Event], field: str, *, batch: bool) -> None:
+        """Check standard-topic payloads as `validation` says: strict raises `ProtocolError`
+        (naming the field), warn logs and counts, off does nothing."""
+        mode = self.config.validation
+        if mode == "off":
+            return
+        try:
+            schemas.check_events(events, field, batch=batch)
+        except ProtocolError as exc:
+            if mode == "strict":
+                raise
+            self.stats.record(Counted("validation_warnings"))
+            log.warning("accepted an event that fails its schema: %s", exc.message)
 
     def shutdown(self) -> None:
         """Begin the orderly stop (idempotent); `run_bus` returns once it is done."""

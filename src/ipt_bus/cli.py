@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "--buffer-size", type=int, default=None, help="memory: events the ring keeps (10000)"
     )
     s.add_argument(
+        "--validation",
+        choices=["strict", "warn", "off"],
+        default=None,
+        help="payloads of the standard topics: reject (strict, default), log (warn) or off",
+    )
+    s.add_argument(
         "--max-connections", type=int, default=None, help="WebSocket connections (10000)"
     )
     s.add_argument(
@@ -116,6 +122,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         retention_bytes=args.retention_bytes,
         dedupe_window_seconds=args.dedupe_window,
         buffer_size=args.buffer_size,
+        validation=args.validation,
         max_connections=args.max_connections,
         allowed_origins=origins,
     )

@@ -36,6 +36,7 @@ class BusConfig:
     dlq_max_bytes: int = 64 * MiB
     dlq_max_age_seconds: float = 7 * DAY
     buffer_size: int = 10_000  # memory: events the in-memory log keeps
+    validation: str = "strict"  # payloads of standard topics: strict | warn | off
     node_name: str = "ipt-bus"
 
     max_event_bytes: int = 1 * MiB
@@ -103,6 +104,8 @@ class BusConfig:
                 "retention limits apply to the sqlite log; the memory log keeps the last "
                 "buffer_size events (--buffer-size)"
             )
+        if self.validation not in ("strict", "warn", "off"):
+            raise ValueError(f"unknown validation {self.validation!r}; choose strict, warn or off")
         if self.dedupe_window_seconds < 0:
             raise ValueError("dedupe_window_seconds must not be negative")
 

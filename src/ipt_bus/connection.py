@@ -254,6 +254,8 @@ class Connection:
                 events = codec.decode_batch(
                     frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
                 )
+            batch = frame.event is None
+            self._bus.validate(events, "events" if batch else "event", batch=batch)
         except ProtocolError as exc:
             self._dead_letter(frame, exc)
             raise

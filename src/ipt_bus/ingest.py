@@ -59,10 +59,12 @@ async def publish_body(bus: BusHandle, raw: bytes, key: str | None) -> dict[str,
     # a body under the event limit cannot hold an event over it: skip measuring each one
     max_bytes = cfg.max_event_bytes if len(raw) > cfg.max_event_bytes else None
     timeout = cfg.publish_timeout_seconds
-    if isinstance(body, list):
+    batch = isinstance(body, list)
+    if batch:
         events = codec.decode_batch(body, max_events=cfg.max_batch_events, max_bytes=max_bytes)
     else:
         events = [codec.decode_event(body, max_bytes=max_bytes)]
+    bus.validate(events, "", batch=batch)
     published = await bus.router.publish(events, timeout=timeout, key=key)
     if isinstance(body, list) or len(published) != 1:
         return {"events": [{"id": p.id, "seq": p.seq} for p in published]}

@@ -20,7 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ipt_bus import _hypercorn, codec
+from ipt_bus import _hypercorn, codec, schemas
 from ipt_bus.bus import BusHandle, run_bus
 from ipt_bus.config import BusConfig
 from ipt_bus.connection import Connection, ConnectParams, Disconnected
@@ -392,6 +392,12 @@ def _routes(app: BusApp) -> None:
         if not bus.dead_letters.remove(letter_id, why="deleted"):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
         return Response(b"", status=204)
+
+    @app.get("/schemas")
+    async def get_schemas() -> Response:
+        return json_response(
+            {"validation": _bus(app).config.validation, "schemas": schemas.json_schemas()}
+        )
 
     @app.get("/topics")
     async def get_topics() -> Response:

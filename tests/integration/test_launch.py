@@ -182,7 +182,7 @@ async def test_wscat_subscribes_and_publishes() -> None:
             "event": {
                 "type": "task_status_changed",
                 "topic": "task.status",
-                "payload": {"task_id": "task-123"},
+                "payload": {"task_id": "task-123", "status": "running"},
             },
         }
     ).decode()

@@ -239,3 +239,29 @@ async def test_health_reports_down_during_shutdown(server: Server) -> None:
     )
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "1"
+
+
+async def test_validation_modes_and_schemas() -> None:
+    bad = {"type": "phase_progress", "topic": "phase.progress",
+           "payload": {"task_id": "t", "phase": "p", "progress": 2}}  # fmt: skip
+    async with running_server() as server, httpx.AsyncClient(base_url=server.url) as http:
+        refused = await http.post("/events", json=bad)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == {
+            "code": "invalid_field",
+            "message": "payload.progress: expected a number between 0 and 1",
+            "field": "payload.progress",
+        }
+        letters = (await http.get("/dlq")).json()["dead_letters"]
+        assert letters[0]["error"]["field"] == "payload.progress"
+        schemas = (await http.get("/schemas")).json()
+        assert schemas["validation"] == "strict"
+        assert "phase.progress" in schemas["schemas"]
+    for mode in ("warn", "off"):
+        async with (
+            running_server(validation=mode) as server,
+            httpx.AsyncClient(base_url=server.url) as http,
+        ):
+            assert (await http.post("/events", json=bad)).status_code == 201
+            counters = (await http.get("/stats")).json()["counters"]
+            assert counters.get("validation_warnings") == (1 if mode == "warn" else None)
