@@ -23,6 +23,7 @@ from ipt_bus.config import BusConfig
 from ipt_bus.dlq import DeadLetters
 from ipt_bus.errors import CloseCode, ProtocolError, StorageError
 from ipt_bus.router import RouterHandle, start_router
+from ipt_bus.selflog import BusLogHandler
 from ipt_bus.stats import Counted, StatsHandle, start_stats
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
@@ -169,6 +170,16 @@ async def run_bus(
                     await _retention(event_log, dead, config.retention_interval_seconds)
 
             nursery.start_soon(retain)
+            self_log = BusLogHandler()
+            self_log_scope = trio.CancelScope()
+            if config.log_to_bus:
+                logging.getLogger("ipt_bus").addHandler(self_log)
+
+                async def publish_own_logs() -> None:
+                    with self_log_scope:  # stops before the router does
+                        await self_log.run(router)
+
+                nursery.start_soon(publish_own_logs)
             handle = BusHandle(
                 config=config,
                 router=router,
@@ -186,6 +197,8 @@ async def run_bus(
             router.close()
             stats.close()
             retention.cancel()
+            self_log_scope.cancel()
+            logging.getLogger("ipt_bus").removeHandler(self_log)
     finally:
         with trio.move_on_after(config.shutdown_grace_seconds) as scope:
             scope.shield = True

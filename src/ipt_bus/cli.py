@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated browser Origins allowed on /ws (default: any)",
     )
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    s.add_argument(
+        "--log-to-bus",
+        action="store_true",
+        default=None,
+        help="also publish the bus's own warnings and errors as logs.* events",
+    )
 
     url_help = "the bus (default $IPT_BUS_URL, else http://127.0.0.1:8765)"
     t = commands.add_parser("tail", help="print events as they are published")
@@ -123,6 +129,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         dedupe_window_seconds=args.dedupe_window,
         buffer_size=args.buffer_size,
         validation=args.validation,
+        log_to_bus=args.log_to_bus,
         max_connections=args.max_connections,
         allowed_origins=origins,
     )

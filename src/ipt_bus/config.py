@@ -37,6 +37,7 @@ class BusConfig:
     dlq_max_age_seconds: float = 7 * DAY
     buffer_size: int = 10_000  # memory: events the in-memory log keeps
     validation: str = "strict"  # payloads of standard topics: strict | warn | off
+    log_to_bus: bool = False  # publish the bus's own warnings and errors to logs.*
     node_name: str = "ipt-bus"
 
     max_event_bytes: int = 1 * MiB

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 import pytest
 
 from ipt_bus.web import STANDARD_TOPICS, create_app
-from tests.conftest import event, running_server
+from tests.conftest import event, running_server, wait_for
 
 if TYPE_CHECKING:
     from ipt_bus.server import Server
@@ -265,3 +266,20 @@ async def test_validation_modes_and_schemas() -> None:
             assert (await http.post("/events", json=bad)).status_code == 201
             counters = (await http.get("/stats")).json()["counters"]
             assert counters.get("validation_warnings") == (1 if mode == "warn" else None)
+
+
+async def test_the_bus_can_publish_its_own_warnings() -> None:
+    async with (
+        running_server(log_to_bus=True) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        logging.getLogger("ipt_bus.test").warning("disk is at %d%%", 91)
+
+        async def logged() -> list[dict[str, Any]]:
+            events = (await http.get("/events", params={"topic": "logs.*"})).json()["events"]
+            return [e for e in events if e["source"] == "ipt-bus"]
+
+        await wait_for(logged)
+        (event,) = await logged()
+        assert event["payload"]["message"] == "disk is at 91%"
+        assert event["topic"] == "logs.warning"

@@ -1,0 +1,65 @@
+"""The bus's own warnings and errors as `logs.*` events (`ipt-bus serve --log-to-bus`).
+
+A `logging.Handler` on the ``ipt_bus`` logger keeps WARNING and worse in a bounded deque (it may
+be called from any thread and must never wait); a task in the bus's nursery publishes them every
+quarter second through the router like any other event. Records logged while that task
+publishes are not taken, so a failure to publish cannot feed itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ipt_bus.errors import BusError
+from ipt_bus.model import Event
+
+if TYPE_CHECKING:
+    from ipt_bus.router import RouterHandle
+
+DRAIN_SECONDS: Final = 0.25
+
+
+class BusLogHandler(logging.Handler):
+    def __init__(self, capacity: int = 1_000) -> None:
+        super().__init__(logging.WARNING)
+        self.pending: collections.deque[Event] = collections.deque(maxlen=capacity)
+        self.publishing = False
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.publishing:
+            return
+        if len(self.pending) == self.pending.maxlen:
+            self.dropped += 1
+        topic = "logs.error" if record.levelno >= logging.ERROR else "logs.warning"
+        payload = {
+            "level": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+            "module": record.module,
+            "function": record.funcName,
+            "line": record.lineno,
+        }
+        self.pending.append(
+            Event(type="log_message", topic=topic, payload=payload, source="ipt-bus")
+        )
+
+    async def run(self, router: RouterHandle) -> None:
+        """Publish what was logged, every `DRAIN_SECONDS`, until cancelled."""
+        while True:
+            await trio.sleep(DRAIN_SECONDS)
+            if not self.pending:
+                continue
+            events = list(self.pending)
+            self.pending.clear()
+            self.publishing = True
+            try:
+                await router.publish(events, timeout=5.0)
+            except BusError:
+                self.dropped += len(events)
+            finally:
+                self.publishing = False
