@@ -10,6 +10,7 @@ last one wins (documented in docs/protocol.md).
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -303,6 +304,8 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID_FRAME, "a frame must be a JSON object")
     if "action" not in obj:
+        if "topic" not in obj and "data" in obj:
+            return Publish(event=legacy_event(obj))
         return Publish(event=obj)
     action = obj.pop("action")
     if action == "publish" and obj.keys() <= _PUBLISH_KEYS:
@@ -330,6 +333,27 @@ def decode_client_frame(raw: str | bytes) -> ClientFrame:
         if frame.idempotency_key is not None:
             check_idempotency_key(frame.idempotency_key, "idempotency_key")
     return frame
+
+
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def legacy_event(obj: dict[str, Any]) -> dict[str, Any]:
+    """An older message shape, ``{"type": T, "data": D}`` (no `action`, no `topic`), as an event
+    on ``legacy.<T>`` (``legacy.broadcast`` when T is not a topic segment) with D as its payload
+    (wrapped as ``{"data": D}`` when D is not an object). docs/integrations.md#legacy."""
+    type_ = obj.get("type")
+    data = obj.get("data")
+    name = type_ if isinstance(type_, str) and _SEGMENT.fullmatch(type_) else None
+    event: dict[str, Any] = {
+        "type": type_ if isinstance(type_, str) and type_ else "broadcast",
+        "topic": f"legacy.{name}" if name else "legacy.broadcast",
+        "payload": data if isinstance(data, dict) else {"data": data},
+    }
+    for key in ("source", "correlation_id", "timestamp"):
+        if key in obj:
+            event[key] = obj[key]
+    return event
 
 
 MAX_IDEMPOTENCY_KEY_CHARS: Final = 256

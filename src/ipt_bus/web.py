@@ -393,6 +393,33 @@ def _routes(app: BusApp) -> None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
         return Response(b"", status=204)
 
+    @app.post("/broadcast")
+    async def post_broadcast() -> Response:
+        """Legacy: any JSON object (or a string, as `message`) as a `legacy.broadcast` event."""
+        bus = _bus(app)
+        if request.mimetype != JSON:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type must be {JSON}, got {request.mimetype or 'none'!r}",
+                "Content-Type",
+            )
+        data = await request.get_data(cache=False)
+        body = codec.loads(data)
+        if isinstance(body, str):
+            body = {"message": body}
+        if not isinstance(body, dict):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD, "a broadcast is a JSON object or a string", None
+            )
+        event = codec.decode_event(
+            {"type": "broadcast", "topic": "legacy.broadcast", "payload": body},
+            max_bytes=bus.config.max_event_bytes,
+        )
+        (published,) = await bus.router.publish([event], timeout=bus.config.publish_timeout_seconds)
+        return json_response(
+            {"id": published.id, "seq": published.seq, "topic": "legacy.broadcast"}, 201
+        )
+
     @app.get("/schemas")
     async def get_schemas() -> Response:
         return json_response(
