@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ipt_bus import __version__, schemas
+from ipt_bus import __version__, filewatch, schemas
 from ipt_bus.config import BusConfig
 from ipt_bus.dlq import DeadLetters
 from ipt_bus.errors import CloseCode, ProtocolError, StorageError
@@ -188,9 +188,17 @@ async def run_bus(
                 dead_letters=dead,
                 node=f"{config.node_name}@{socket.gethostname()}",
             )
+            watch_stop = trio.Event()
+            if config.watch_dir is not None:
+                offsets = Path(config.data_dir) / filewatch.OFFSETS_FILE
+                offsets.parent.mkdir(parents=True, exist_ok=True)
+                nursery.start_soon(
+                    filewatch.watch, handle, Path(config.watch_dir), offsets, watch_stop
+                )
             task_status.started(handle)
             await handle.shutting_down.wait()
             # every connection (and any still attaching) closes with 1001, then detaches
+            watch_stop.set()
             await router.close_all(CloseCode.GOING_AWAY)
             with handle._force, trio.move_on_after(config.shutdown_grace_seconds):
                 await router.wait_idle()

@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         "--buffer-size", type=int, default=None, help="memory: events the ring keeps (10000)"
     )
     s.add_argument(
+        "--watch-dir",
+        default=None,
+        help="publish JSON / JSON-Lines files appended in this directory as file.* events",
+    )
+    s.add_argument(
         "--validation",
         choices=["strict", "warn", "off"],
         default=None,
@@ -130,6 +135,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         buffer_size=args.buffer_size,
         validation=args.validation,
         log_to_bus=args.log_to_bus,
+        watch_dir=args.watch_dir,
         max_connections=args.max_connections,
         allowed_origins=origins,
     )

@@ -38,6 +38,7 @@ class BusConfig:
     buffer_size: int = 10_000  # memory: events the in-memory log keeps
     validation: str = "strict"  # payloads of standard topics: strict | warn | off
     log_to_bus: bool = False  # publish the bus's own warnings and errors to logs.*
+    watch_dir: str | None = None  # JSON / JSON-Lines files here become file.* events
     node_name: str = "ipt-bus"
 
     max_event_bytes: int = 1 * MiB

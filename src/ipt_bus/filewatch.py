@@ -1,0 +1,225 @@
+"""File events: JSON and JSON-Lines files in a watched directory become `file.*` events
+(`ipt-bus serve --watch-dir DIR`, docs/integrations.md#file-events).
+
+Theory of operation: one task scans DIR at start and again whenever watchfiles reports a
+change. For each ``*.jsonl``/``*.ndjson`` file it reads from the offset it got to, publishes
+every complete line (a partial last line waits for its newline) and then records the new offset
+in ``<data-dir>/file-offsets.json``. Each line is published with an idempotency key made of the
+file's identity and the line's offset, so a crash between publishing and saving the offset
+cannot publish a line twice (within the bus's dedupe window). A file that shrank was truncated
+and a file with a new inode was rotated: both are read again from the start. A ``*.json`` file
+holds one document (an object or an array of objects), published once per version of the file.
+A line or document that is not a valid event goes to the dead letters with its file and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import attrs
+import orjson
+import trio
+import watchfiles
+
+from ipt_bus import codec
+from ipt_bus.errors import BusError, ErrorCode, ProtocolError, StorageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ipt_bus.config import BusConfig
+    from ipt_bus.dlq import DeadLetters
+    from ipt_bus.model import Event
+    from ipt_bus.router import RouterHandle
+
+
+class BusParts(Protocol):
+    """What the watcher uses of the bus (`ipt_bus.bus.BusHandle` has it)."""
+
+    config: BusConfig
+    router: RouterHandle
+    dead_letters: DeadLetters
+
+    def validate(self, events: Sequence[Event], field: str, *, batch: bool) -> None: ...
+
+
+log = logging.getLogger("ipt_bus.filewatch")
+
+LINE_FILES: Final = (".jsonl", ".ndjson")
+DOCUMENT_FILES: Final = (".json",)
+OFFSETS_FILE: Final = "file-offsets.json"
+_ENVELOPE: Final = ("type", "topic", "payload", "timestamp", "source", "correlation_id")
+_NOT_SEGMENT: Final = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@attrs.define
+class _Position:
+    inode: int
+    offset: int  # bytes read and published
+    line: int  # lines read (for dead-letter messages)
+    version: str = ""  # *.json: the size and mtime last published
+    generation: int = 0  # bumped on truncation: the same offset then holds another line
+
+
+def topic_for(path: Path, obj: dict[str, Any]) -> str:
+    """The object's own `file.*` topic, else ``file.<stem>``."""
+    topic = obj.get("topic")
+    if isinstance(topic, str) and topic.startswith("file."):
+        return topic
+    stem = _NOT_SEGMENT.sub("_", path.stem).strip("_") or "unnamed"
+    return f"file.{stem[:64]}"
+
+
+def to_event(path: Path, obj: Any) -> dict[str, Any]:
+    """A file's object as an event body: `type`, `payload`, `source`, `correlation_id` carry
+    over; without a `payload`, the object's other fields are the payload."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_FRAME, "a file event must be a JSON object")
+    payload = obj.get("payload")
+    if payload is None:
+        payload = {k: v for k, v in obj.items() if k not in _ENVELOPE}
+    event = {
+        "type": obj.get("type") or "file_event",
+        "topic": topic_for(path, obj),
+        "payload": payload,
+        "source": obj.get("source") or f"file:{path.name}",
+    }
+    for key in ("correlation_id", "timestamp"):
+        if obj.get(key) is not None:
+            event[key] = obj[key]
+    return event
+
+
+@attrs.define
+class FileWatcher:
+    bus: BusParts
+    directory: Path
+    offsets_path: Path
+    _positions: dict[str, _Position] = attrs.field(factory=dict)
+
+    def load(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            saved = orjson.loads(self.offsets_path.read_bytes())
+            self._positions = {k: _Position(**v) for k, v in saved.items()}
+
+    def _save(self) -> None:
+        tmp = self.offsets_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({k: attrs.asdict(v) for k, v in self._positions.items()}))
+        os.replace(tmp, self.offsets_path)
+
+    async def run(self, stop: trio.Event) -> None:
+        """Publish what is there, then what changes, until `stop` is set."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.load()
+        await self.scan()
+        async for _ in watchfiles.awatch(
+            self.directory, stop_event=stop, debounce=50, step=20, recursive=False
+        ):
+            await self.scan()
+
+    async def scan(self) -> None:
+        for path in sorted(self.directory.iterdir()):
+            if path.suffix in LINE_FILES or path.suffix in DOCUMENT_FILES:
+                try:
+                    await self._file(path)
+                except (BusError, OSError) as exc:  # tried again at the next change
+                    log.warning("cannot publish events of %s yet: %s", path, exc)
+
+    async def _file(self, path: Path) -> None:
+        try:
+            stat = await trio.to_thread.run_sync(path.stat)
+        except FileNotFoundError:
+            return
+        key = str(path)
+        pos = self._positions.get(key)
+        if pos is None or pos.inode != stat.st_ino or stat.st_size < pos.offset:
+            generation = 0 if pos is None else pos.generation + 1
+            pos = _Position(inode=stat.st_ino, offset=0, line=0, generation=generation)
+            self._positions[key] = pos  # new, rotated or truncated: from the start
+            self._save()
+        if path.suffix in DOCUMENT_FILES:
+            await self._document(path, pos, f"{stat.st_size}:{stat.st_mtime_ns}")
+        else:
+            await self._lines(path, pos, stat.st_size)
+
+    async def _lines(self, path: Path, pos: _Position, size: int) -> None:
+        if size == pos.offset:
+            return
+        data = await trio.to_thread.run_sync(_read, path, pos.offset, size - pos.offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return  # only a partial line so far
+        start = 0
+        for raw in data[: end + 1].split(b"\n")[:-1]:
+            pos.line += 1
+            line_offset = pos.offset + start
+            start += len(raw) + 1
+            if raw.strip():
+                key = f"{pos.inode}:{pos.generation}:{line_offset}"
+                await self._publish(path, raw, pos.line, key)
+        pos.offset += end + 1
+        self._save()
+
+    async def _document(self, path: Path, pos: _Position, version: str) -> None:
+        if pos.version == version:
+            return
+        raw = await trio.to_thread.run_sync(path.read_bytes)
+        try:
+            body = codec.loads(raw)
+        except ProtocolError as exc:
+            self._dead(path, 0, raw, exc)
+        else:
+            items = body if isinstance(body, list) else [body]
+            for i, obj in enumerate(items, 1):
+                await self._publish_object(path, obj, raw, i, f"{pos.inode}:{version}:{i}")
+        pos.version = version
+        self._save()
+
+    async def _publish(self, path: Path, raw: bytes, line: int, key: str) -> None:
+        try:
+            obj = codec.loads(raw)
+        except ProtocolError as exc:
+            self._dead(path, line, raw, exc)
+            return
+        await self._publish_object(path, obj, raw, line, key)
+
+    async def _publish_object(self, path: Path, obj: Any, raw: bytes, line: int, key: str) -> None:
+        bus = self.bus
+        try:
+            body = to_event(path, obj)
+            raw = codec.dumps(body)  # a dead letter of a mapped object retries as an event
+            event = codec.decode_event(body, max_bytes=bus.config.max_event_bytes)
+            bus.validate([event], "", batch=False)
+        except ProtocolError as exc:
+            self._dead(path, line, raw, exc)
+            return
+        try:
+            await bus.router.publish(
+                [event], timeout=bus.config.publish_timeout_seconds, key=f"file:{path.name}:{key}"
+            )
+        except StorageError as exc:
+            self._dead(path, line, raw, exc)
+
+    def _dead(self, path: Path, line: int, raw: bytes, exc: BusError) -> None:
+        where = f"file:{path.name}:{line}" if line else f"file:{path.name}"
+        self.bus.dead_letters.add(where, exc, raw.decode("utf-8", "replace"))
+
+
+def _read(path: Path, offset: int, count: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(count)
+
+
+async def watch(
+    bus: BusParts,
+    directory: Path,
+    offsets_path: Path,
+    stop: trio.Event,
+) -> None:
+    await FileWatcher(bus, directory, offsets_path).run(stop)
