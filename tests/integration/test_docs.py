@@ -15,7 +15,7 @@ import orjson
 import pytest
 import trio
 
-from tests.conftest import recv, running_server, send, ws
+from tests.conftest import recv, running_server, send, wait_for, ws
 
 if TYPE_CHECKING:
     from ipt_bus.server import Server
@@ -187,3 +187,45 @@ async def test_readme_python_runs() -> None:
         with trio.fail_after(30):
             await trio.run_process([sys.executable, "-c", code], env=env)
         assert server.bus.log.last_seq == 1
+
+
+async def test_integrations_md_python_examples_run(tmp_path: Path) -> None:
+    runnable = blocks("integrations.md", "python")
+    assert len(runnable) == 2
+    async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
+        env = {**os.environ, "IPT_BUS_URL": server.url}
+        for code in runnable:
+            with trio.fail_after(30):
+                await trio.run_process([sys.executable, "-c", code], env=env)
+        topics = {t["topic"]: t["count"] for t in (await _json(server, "/topics"))["topics"]}
+    assert topics["logs.warning"] == 1
+    assert topics["task.status"] == 4
+    assert topics["cost.budget_warning"] == 1
+    assert topics["cost.budget_exhausted"] == 0
+    assert topics["tool.degraded"] == 1
+
+
+async def test_integrations_md_file_events_walkthrough(tmp_path: Path) -> None:
+    """The `sh` walkthrough, with its directory and port made private to the test."""
+    from tests.integration.test_launch import free_port, healthy, process
+
+    (block,) = blocks("integrations.md", "sh")
+    mkdir, serve, echo, tail = block.strip().splitlines()
+    watched = str(tmp_path / "events")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ipt_bus = str(Path(sys.executable).parent / "ipt-bus")
+    await trio.run_process(["sh", "-c", mkdir.replace("/tmp/ipt-events", watched)])
+    serve_argv = shlex.split(serve.rstrip("&").replace("/tmp/ipt-events", watched))
+    serve_argv[0] = ipt_bus
+    serve_argv += ["--port", str(port), "--data-dir", str(tmp_path / "data")]
+    async with process(*serve_argv):
+        await wait_for(lambda: healthy(url), seconds=20)
+        await trio.run_process(["sh", "-c", echo.replace("/tmp/ipt-events", watched)])
+        tail_argv = [ipt_bus, *shlex.split(tail)[1:], "--url", url]
+        async with process(*tail_argv) as proc:
+            assert proc.stdout is not None
+            seen = b""
+            with trio.fail_after(20):
+                while b"file.progress step_done" not in seen:
+                    seen += await proc.stdout.receive_some(4096)
