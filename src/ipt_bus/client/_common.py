@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import orjson
 
+from ipt_bus.codec import event_to_wire
 from ipt_bus.config import DEFAULT_PORT
 from ipt_bus.model import Event, Published
 
@@ -78,15 +79,8 @@ class Gap:
 
 
 def event_body(event: Event) -> dict[str, Any]:
-    """The JSON object a publisher sends (the bus sets `id` and `seq`)."""
-    out: dict[str, Any] = {"type": event.type, "topic": event.topic, "payload": event.payload}
-    if event.timestamp is not None:
-        out["timestamp"] = event.timestamp
-    if event.source is not None:
-        out["source"] = event.source
-    if event.correlation_id is not None:
-        out["correlation_id"] = event.correlation_id
-    return out
+    """The JSON object a publisher sends (the bus sets `id` and `seq`, and ignores them here)."""
+    return event_to_wire(event)
 
 
 def dumps(value: Any) -> bytes:

@@ -25,6 +25,7 @@ from ipt_bus.client._common import (
 )
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
+from ipt_bus.codec import event_to_wire
 from ipt_bus.model import Event
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def tail(
 
     def show(event: Event) -> None:
         if as_json:
-            line = orjson.dumps(_wire(event), option=orjson.OPT_UTC_Z).decode()
+            line = orjson.dumps(event_to_wire(event), option=orjson.OPT_UTC_Z).decode()
         else:
             line = format_event(event, colour=colour)
         print(line, file=out, flush=True)
@@ -97,15 +98,6 @@ def tail(
         return trio.run(run)
     except KeyboardInterrupt:
         return OK
-
-
-def _wire(event: Event) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": event.type, "topic": event.topic, "payload": event.payload}
-    for name in ("timestamp", "source", "correlation_id", "id", "seq"):
-        value = getattr(event, name)
-        if value is not None:
-            out[name] = value
-    return out
 
 
 # --- publish --------------------------------------------------------------------------------
