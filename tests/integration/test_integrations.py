@@ -62,9 +62,12 @@ async def test_watched_files_become_events_exactly_once_across_restarts(tmp_path
         await wait_for(lambda: _count(server, "file.**", 8), seconds=20)
         progress.write_text('{"type": "step", "payload": {"n": 6}}\n')  # truncated, rewritten
         await wait_for(lambda: _count(server, "file.**", 9), seconds=20)
+        progress.rename(watched / "progress.jsonl.1")  # rotated: a new file, a new inode
+        _append(progress, '{"type": "step", "payload": {"n": 7}}\n')
+        await wait_for(lambda: _count(server, "file.**", 10), seconds=20)
         stored = await _events(server, topic="file.**")
     steps = [e["payload"]["n"] for e in stored if e["topic"] == "file.progress"]
-    assert steps == [1, 2, 3, 4, 5, 6]  # each line once, in order, across the restart
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # each line once, in order, across the restart
     assert stored[1]["payload"] == {"n": 2}  # no `payload`: the other fields are the payload
     assert {e["topic"] for e in stored} == {"file.progress", "file.custom.x", "file.batch"}
     assert stored[0]["source"] == "file:progress.jsonl"
