@@ -254,7 +254,11 @@ async def dead_peer() -> dict[str, Any]:
         _sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/30", "dev", VETH_NS)
         _sh("ip", "netns", "exec", NS, "ip", "link", "set", VETH_NS, "up")
         config = BusConfig(
-            host=HOST_IP, port=0, ping_interval_seconds=1.0, tcp_user_timeout_seconds=5.0
+            host=HOST_IP,
+            port=0,
+            storage="memory",
+            ping_interval_seconds=1.0,
+            tcp_user_timeout_seconds=5.0,
         )
         async with trio.open_nursery() as nursery:
             server = await nursery.start(serve, config)
