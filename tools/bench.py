@@ -64,7 +64,8 @@ def rss_bytes(pid: int) -> int:
 
 
 STORAGE_ARGS: dict[str, list[str]] = {
-    "memory": ["--storage", "memory", "--buffer-size", "1000000"],
+    "memory": ["--storage", "memory"],  # the default ring of 10,000 events
+    "memory1m": ["--storage", "memory", "--buffer-size", "1000000"],  # holds a whole run
     "safe": ["--storage", "sqlite", "--durability", "safe"],
     "fast": ["--storage", "sqlite", "--durability", "fast"],
 }
@@ -582,7 +583,7 @@ async def client_speed(backlog: int) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     port = free_port()
-    with server("bus", port, "memory"):
+    with server("bus", port, "memory1m"):
         url = f"http://127.0.0.1:{port}"
         body = [Event(type="bench_event", topic="bench.client", payload={"pad": PAD})] * 1000
         with EventBusPublisher(url) as publisher:
@@ -691,13 +692,13 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
         for row in await client_speed(100_000 if quick else 300_000):
             out("client", row)
     if "durable" in only:
-        for storage in ("memory", "safe", "fast"):
+        for storage in ("memory1m", "safe", "fast"):
             out("durable_ws", await ws_publish(storage, seconds))
-        for storage in ("memory", "safe", "fast"):
+        for storage in ("memory1m", "safe", "fast"):
             out("durable_rest", await rest(1, 1, seconds, storage))  # a lone sequential publisher
             out("durable_rest", await rest(1, 8, seconds, storage))
             out("durable_rest", await rest(100, 4, seconds, storage))
-        for storage in ("memory", "safe", "fast"):
+        for storage in ("memory1m", "safe", "fast"):
             out("history", await history(storage))
 
 

@@ -339,3 +339,12 @@ async def test_history_lost_is_raised_or_reported() -> None:
             await client.close()
         assert [g.reason for g in gaps] == ["epoch", "retention"]
         assert seqs == list(range(21, 31))
+
+
+async def test_a_bus_that_is_not_there_is_reported_not_waited_for() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with trio.fail_after(10), pytest.raises(BusUnavailable, match="cannot reach the bus"):
+        async with EventBusClient(url, retries=1):
+            pass
+    with trio.fail_after(10), pytest.raises(BusUnavailable):
+        await EventBusClient(url, retries=0).listen_async()

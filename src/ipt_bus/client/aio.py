@@ -225,7 +225,8 @@ class EventBusClient:
                     raise exc from None
                 self._ws = None
                 self._connected = anyio.Event()
-                if not self.reconnect:
+                if not self.reconnect or (not started and attempt >= self.retries):
+                    # never connected yet: say so instead of retrying forever in silence
                     raise _common.unreachable(self.url, exc) from None
                 delay = _common.backoff(attempt, cap=5.0)
                 log.info("connection to %s lost (%s); reconnecting in %.1f s", self.url, exc, delay)
