@@ -14,7 +14,7 @@ import trio
 from ipt_bus import __version__
 from ipt_bus.client import commands as client_commands
 from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
-from ipt_bus.errors import StorageOpenError
+from ipt_bus.errors import StartupError
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_serve, config)
     except Exception as exc:  # the process's failure boundary: one clear line, then exit 1
         os_error = _leaf(exc, OSError)
-        storage_error = _leaf(exc, StorageOpenError)
+        storage_error = _leaf(exc, StartupError)
         if storage_error is not None:
             print(f"ipt-bus: {storage_error}", file=sys.stderr)
         elif os_error is not None:

@@ -11,6 +11,7 @@ Exception tree::
     │   └── StorageError
     │       ├── StorageFull    the disk (or the configured size cap) is full; reads still work
     │       └── StorageOpenError  the log cannot be opened at start (names the file)
+    ├── StartupError           the bus cannot start as configured (StorageOpenError is one)
     └── CursorExpired          a resume point the log no longer covers
 
 Wire codes are the `code` of error frames and REST error bodies; `docs/protocol.md` lists them.
@@ -127,7 +128,11 @@ class StorageFull(StorageError):
     """No space to store the events: nothing was stored; it recovers once space returns."""
 
 
-class StorageOpenError(StorageError):
+class StartupError(BusError):
+    """The bus cannot start as configured; the message names what and why."""
+
+
+class StorageOpenError(StorageError, StartupError):
     """The log cannot be opened; the message names the file and what to do."""
 
 

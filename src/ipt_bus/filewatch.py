@@ -53,6 +53,7 @@ log = logging.getLogger("ipt_bus.filewatch")
 LINE_FILES: Final = (".jsonl", ".ndjson")
 DOCUMENT_FILES: Final = (".json",)
 OFFSETS_FILE: Final = "file-offsets.json"
+RESTART_SECONDS: Final = 5.0
 _ENVELOPE: Final = ("type", "topic", "payload", "timestamp", "source", "correlation_id")
 _NOT_SEGMENT: Final = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -222,4 +223,13 @@ async def watch(
     offsets_path: Path,
     stop: trio.Event,
 ) -> None:
-    await FileWatcher(bus, directory, offsets_path).run(stop)
+    """Run the watcher until `stop`; a failure (the directory removed, a full disk for the
+    offsets) is logged and the watcher starts again after `RESTART_SECONDS`, never taking the
+    bus down with it."""
+    while not stop.is_set():
+        try:
+            await FileWatcher(bus, directory, offsets_path).run(stop)
+        except Exception:
+            log.exception("the file watcher on %s failed; restarting it", directory)
+            with trio.move_on_after(RESTART_SECONDS):
+                await stop.wait()

@@ -190,3 +190,18 @@ async def test_cost_tracker_and_tool_monitor() -> None:
     assert stored[10]["payload"]["previous_status"] == "healthy"
     assert stored[13]["payload"]["reason"] == "timeout"
     assert orjson.loads(orjson.dumps(stored[8]["payload"]))["status"] == "healthy"
+
+
+async def test_an_unusable_watch_dir_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    from tests.integration.test_launch import BIN, free_port
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    argv = [str(BIN / "ipt-bus"), "serve", "--port", str(free_port()), "--storage", "memory"]
+    with trio.fail_after(20):
+        result = await trio.run_process(
+            [*argv, "--watch-dir", str(blocker / "events")], capture_stderr=True, check=False
+        )
+    assert result.returncode == 1
+    assert b"cannot use the watch directory" in result.stderr
+    assert result.stderr.count(b"\n") == 1
