@@ -399,12 +399,15 @@ async def rest(
         counting = True
 
         async def client() -> None:
+            # hypercorn closes a keep-alive connection after 1,000 requests (its
+            # keep_alive_max_requests): open a new one then, as HTTP clients do
             nonlocal done, errors
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             buf = b""
             while counting:
                 sent = time.perf_counter()
                 await stream.send_all(request)
+                closing = False
                 while True:
                     head_end = buf.find(b"\r\n\r\n")
                     if head_end >= 0:
@@ -413,17 +416,22 @@ async def rest(
                         length = int(head[at + 15 :].split(b"\r\n", 1)[0])
                         if len(buf) >= head_end + 4 + length:
                             ok = buf.startswith(b"HTTP/1.1 201")
+                            closing = b"connection: close" in head
                             buf = buf[head_end + 4 + length :]
                             break
                     chunk = await stream.receive_some(65536)
                     if not chunk:
-                        return
+                        raise RuntimeError("the server closed the connection mid-answer")
                     buf += chunk
                 if ok:
                     done += 1
                     latencies.append(time.perf_counter() - sent)
                 else:
                     errors += 1
+                if closing:
+                    await stream.aclose()
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    buf = b""
             await stream.aclose()
 
         cpu_server, cpu_self, t0 = cpu_seconds(proc.pid), time.process_time(), time.monotonic()
