@@ -41,6 +41,16 @@ def error_body(code: ErrorCode | str, message: str, field: str | None = None) ->
     return codec.dumps({"error": err})
 
 
+def require_json(mimetype: str | None) -> None:
+    """Bodies are JSON: anything else is 415 naming `application/json`."""
+    if mimetype != JSON:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type must be {JSON}, got {mimetype or 'none'!r}",
+            "Content-Type",
+        )
+
+
 def error_parts(exc: BusError) -> tuple[int, bytes, dict[str, str]]:
     """Status, body and headers of the answer to `exc` (the mapping WS error frames use)."""
     err = as_protocol_error(exc)
@@ -100,13 +110,7 @@ async def _publish(bus: BusHandle | None, scope: Any, receive: Any) -> bytes:
             length = value
         elif name == b"idempotency-key":
             key = value.decode("latin-1")
-    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
-    if mimetype != JSON:
-        raise ProtocolError(
-            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            f"Content-Type must be {JSON}, got {mimetype or 'none'!r}",
-            "Content-Type",
-        )
+    require_json((content_type or "").split(";", 1)[0].strip().lower())
     if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
         raise _too_large(cfg.max_body_bytes)
     if key is not None:

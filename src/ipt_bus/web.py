@@ -32,7 +32,7 @@ from ipt_bus.errors import (
     ProtocolError,
     StorageError,
 )
-from ipt_bus.ingest import JSON, error_body, error_parts, post_events, publish_body
+from ipt_bus.ingest import JSON, error_body, error_parts, post_events, publish_body, require_json
 from ipt_bus.stats import Refused
 from ipt_bus.storage.base import DeadLetter, Query
 from ipt_bus.topics import parse_patterns
@@ -397,12 +397,7 @@ def _routes(app: BusApp) -> None:
     async def post_broadcast() -> Response:
         """Legacy: any JSON object (or a string, as `message`) as a `legacy.broadcast` event."""
         bus = _bus(app)
-        if request.mimetype != JSON:
-            raise ProtocolError(
-                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                f"Content-Type must be {JSON}, got {request.mimetype or 'none'!r}",
-                "Content-Type",
-            )
+        require_json(request.mimetype)
         data = await request.get_data(cache=False)
         body = codec.loads(data)
         if isinstance(body, str):

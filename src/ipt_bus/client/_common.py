@@ -115,7 +115,7 @@ def publish_request(events: Event | Sequence[Event]) -> tuple[bytes, dict[str, s
     return body, {"Content-Type": "application/json", "Idempotency-Key": new_key()}
 
 
-def published(status: int, content: bytes, single: bool) -> list[Published] | None:
+def published(status: int, content: bytes) -> list[Published] | None:
     """The answer of a `POST /events`: where the events went, or None to retry.
 
     Raises:
@@ -155,10 +155,6 @@ def unavailable(url: str, attempts: int, last: object) -> BusUnavailable:
         f"the bus at {url} did not take the publish after {attempts} attempts ({last}); "
         "is `ipt-bus serve` running there? Set IPT_BUS_URL or pass url= to point elsewhere"
     )
-
-
-def first_or_all(items: list[Published], single: bool) -> Published | list[Published]:
-    return items[0] if single and len(items) == 1 else items
 
 
 def frames(message: str | bytes) -> Iterable[dict[str, Any]]:

@@ -426,9 +426,7 @@ class EventBusClient:
             except httpx.TransportError as exc:
                 last = exc
                 continue
-            result = _common.published(
-                response.status_code, response.content, isinstance(events, Event)
-            )
+            result = _common.published(response.status_code, response.content)
             if result is not None:
                 return result
             last = f"HTTP {response.status_code}"

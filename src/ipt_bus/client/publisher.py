@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from ipt_bus.client import _common, events
-from ipt_bus.model import Event, Published
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from ipt_bus.model import Event, Published
 
 P = ParamSpec("P")
 Self = TypeVar("Self", bound="EventBusPublisher")
@@ -83,7 +84,7 @@ class EventBusPublisher:
                 self.close()  # a broken keep-alive connection: the next attempt opens anew
                 last = exc
                 continue
-            result = _common.published(status, content, isinstance(events, Event))
+            result = _common.published(status, content)
             if result is not None:
                 return result
             last = f"HTTP {status}"
