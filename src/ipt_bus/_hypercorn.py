@@ -33,15 +33,24 @@ Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
 from __future__ import annotations
 
 import logging
+import os
 import time
 from importlib.metadata import version
 from io import BytesIO, StringIO
 from typing import Any, Final
 
+import attrs
 import trio
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import StreamClosed
-from hypercorn.protocol.ws_stream import FrameTooLargeError, Handshake, WebsocketBuffer, WSStream
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import (
+    ASGIWebsocketState,
+    FrameTooLargeError,
+    Handshake,
+    WebsocketBuffer,
+    WSStream,
+)
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping, TextMessage
@@ -67,12 +76,23 @@ async def _protocol_send(self: TCPServer, event: Any) -> None:
     if not isinstance(event, RawData):
         await _original_protocol_send(self, event)
         return
-    deadline = getattr(self.config, WRITE_DEADLINE_ATTR, DEFAULT_WRITE_DEADLINE_SECONDS)
-    async with self.send_lock:
+    data = event.data
+    # as trio's own lock would: a cancelled task sends nothing (under the bare hypercorn CLI,
+    # shutdown cancels the app and hypercorn's 1011 "app ended" close must not reach clients)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        self.send_lock.acquire_nowait()
+    except trio.WouldBlock:
+        await self.send_lock.acquire()
+    try:
+        sent = _write_now(self.stream, data)
+        if sent == len(data):
+            return
+        deadline = getattr(self.config, WRITE_DEADLINE_ATTR, DEFAULT_WRITE_DEADLINE_SECONDS)
         try:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + deadline
-                await self.stream.send_all(event.data)
+                await self.stream.send_all(memoryview(data)[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             # busy: `_close` is sending EOF right now; either way this connection is done
             await self.protocol.handle(Closed())
@@ -80,6 +100,23 @@ async def _protocol_send(self: TCPServer, event: Any) -> None:
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self.stream)
             await self.protocol.handle(Closed())
+    finally:
+        self.send_lock.release()
+
+
+def _write_now(stream: Any, data: bytes) -> int:
+    """Write what the socket takes without waiting; 0 where only trio's path may write.
+
+    Called with the send lock held, so no other write interleaves. The descriptor is read at
+    each call: a closed trio socket reports -1, never a number reused by another connection.
+    Errors are left to trio's `send_all`, which raises them as its own exceptions.
+    """
+    if type(stream) is not trio.SocketStream or not data:
+        return 0  # TLS and other wrappers must see every byte
+    try:
+        return os.write(stream.socket.fileno(), data)
+    except OSError:
+        return 0
 
 
 async def _run(self: TCPServer) -> None:
@@ -124,6 +161,50 @@ async def _app_send(self: WSStream, message: Any) -> None:
     await _original_app_send(self, message)
     if self.closed:
         _closed_event(self).set()
+
+
+@attrs.frozen
+class DirectSender:
+    """Sends text messages on one hypercorn HTTP/1.1 WebSocket without the ASGI layers."""
+
+    _stream: WSStream
+    _server: TCPServer
+
+    @classmethod
+    def find(cls, send: Any) -> DirectSender | None:
+        """The sender behind an ASGI `send`, or None where it is not hypercorn's HTTP/1.1 one."""
+        stream = getattr(send, "__self__", None)
+        if not isinstance(stream, WSStream):
+            return None
+        protocol = getattr(stream.send, "__self__", None)
+        if not isinstance(protocol, H11Protocol):
+            return None  # HTTP/2 frames its own data
+        server = getattr(protocol.send, "__self__", None)
+        return cls(stream, server) if isinstance(server, TCPServer) else None
+
+    async def send(self, texts: list[str]) -> None:
+        """Each text as its own message, all in one write; dropped once the socket is closing,
+        as hypercorn drops a `websocket.send` then."""
+        stream = self._stream
+        if (
+            stream.closed
+            or stream.state != ASGIWebsocketState.CONNECTED
+            or stream.connection.state != ConnectionState.OPEN
+        ):
+            return
+        # a failed write closes the stream through `handle`, which sets its closed event
+        await _protocol_send(self._server, RawData(data=b"".join(map(text_frame, texts))))
+
+
+def text_frame(text: str) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455 §5.2), as wsproto writes it."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + data
+    return b"\x81\x7f" + n.to_bytes(8, "big") + data
 
 
 async def _send_pings(self: WSStream) -> None:
@@ -189,5 +270,6 @@ def is_installed() -> bool:
         and Handshake.accept is _accept_without_extensions
         and WebsocketBuffer.extend is _extend
         and WSStream._send_pings is _send_pings
+        and WSStream.app_send is _app_send
         and WSStream._handle_events is _handle_events
     )

@@ -73,6 +73,9 @@ class WebSocketLike(Protocol):
     async def send(self, text: str) -> None:
         """Send one text message. Raises `Disconnected`."""
 
+    async def send_many(self, texts: list[str]) -> None:
+        """Send each text as its own message, in one write where the server can."""
+
     async def close(self, code: int) -> None: ...
 
 
@@ -345,9 +348,11 @@ class Connection:
             self._outbox.close(-exc.code)
 
     async def _send_frames(self, frames: list[str]) -> None:
-        if not self._batch or len(frames) == 1:
-            for frame in frames:
-                await self._ws.send(frame)
+        if len(frames) == 1:
+            await self._ws.send(frames[0])
+            return
+        if not self._batch:
+            await self._ws.send_many(frames)
             return
         limit = self._bus.config.batch_frame_bytes
         chunk: list[str] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import trio
 
 from ipt_bus import codec
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 JSON: Final = "application/json"
 _JSON_HEADERS: Final = [(b"content-type", JSON.encode())]
+DISCARD_BYTES: Final = 1 << 20  # read past an early answer at most this much ...
+DISCARD_SECONDS: Final = 1.0  # ... for at most this long
 
 
 def error_body(code: ErrorCode | str, message: str, field: str | None = None) -> bytes:
@@ -84,10 +87,12 @@ async def publish_body(bus: BusHandle, raw: bytes, key: str | None) -> dict[str,
 async def post_events(bus: BusHandle | None, scope: Any, receive: Any, send: Any) -> None:
     """Answer one `POST /events` request."""
     headers: dict[str, str] = {}
+    request = _Body(receive)
     try:
-        status, body = 201, await _publish(bus, scope, receive)
+        status, body = 201, await _publish(bus, scope, request)
     except BusError as exc:
         status, body, headers = error_parts(exc)
+        await request.discard_rest()
     response_headers = [
         *_JSON_HEADERS,
         (b"content-length", str(len(body)).encode()),
@@ -97,7 +102,7 @@ async def post_events(bus: BusHandle | None, scope: Any, receive: Any, send: Any
     await send({"type": "http.response.body", "body": body})
 
 
-async def _publish(bus: BusHandle | None, scope: Any, receive: Any) -> bytes:
+async def _publish(bus: BusHandle | None, scope: Any, request: _Body) -> bytes:
     if bus is None or bus.shutting_down.is_set():
         raise BusClosed("the bus is not running")
     cfg = bus.config
@@ -115,7 +120,7 @@ async def _publish(bus: BusHandle | None, scope: Any, receive: Any) -> bytes:
         raise _too_large(cfg.max_body_bytes)
     if key is not None:
         codec.check_idempotency_key(key, "Idempotency-Key")
-    raw = await _read_body(receive, cfg.max_body_bytes, cfg.body_timeout_seconds)
+    raw = await _read_body(request, cfg.max_body_bytes, cfg.body_timeout_seconds)
     try:
         answer = await publish_body(bus, raw, key)
     except (ProtocolError, StorageError) as exc:
@@ -124,21 +129,48 @@ async def _publish(bus: BusHandle | None, scope: Any, receive: Any) -> bytes:
     return codec.dumps(answer)
 
 
-async def _read_body(receive: Any, max_bytes: int, timeout: float) -> bytes:
+@attrs.define
+class _Body:
+    """A request body as it arrives, and whether the client has sent all of it."""
+
+    _receive: Any
+    ended: bool = False
+
+    async def next_chunk(self) -> bytes:
+        message = await self._receive()
+        if message["type"] != "http.request":  # the client went away
+            self.ended = True
+            raise BusClosed("the client disconnected before sending the body")
+        self.ended = not message.get("more_body", False)
+        return bytes(message.get("body", b""))
+
+    async def discard_rest(self) -> None:
+        """Read (a bounded amount of) what the client is still sending before answering early.
+
+        Closing a socket with unread data makes the kernel reset the connection, and a client
+        that is still sending then loses the answer (a 413 it never sees). Past the bound the
+        answer is sent anyway and the connection closed.
+        """
+        left = DISCARD_BYTES
+        with trio.move_on_after(DISCARD_SECONDS):
+            while not self.ended and left > 0:
+                try:
+                    left -= len(await self.next_chunk())
+                except BusClosed:
+                    return
+
+
+async def _read_body(request: _Body, max_bytes: int, timeout: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
     with trio.move_on_after(timeout):
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                raise BusClosed("the client disconnected before sending the body")
-            chunk = message.get("body", b"")
+        while not request.ended:
+            chunk = await request.next_chunk()
             size += len(chunk)
             if size > max_bytes:
                 raise _too_large(max_bytes)
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        return b"".join(chunks)
     raise ProtocolError(
         ErrorCode.REQUEST_TIMEOUT,
         f"the request body did not arrive within {timeout:g} s (body_timeout_seconds)",

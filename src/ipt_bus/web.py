@@ -234,8 +234,20 @@ class AsgiWebSocket:
             return bytes(message.get("bytes") or b"")
         raise Disconnected(int(message.get("code", 1005)))
 
+    _direct: _hypercorn.DirectSender | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._direct = _hypercorn.DirectSender.find(self._send)
+
     async def send(self, text: str) -> None:
-        await self._send({"type": "websocket.send", "text": text})
+        await self.send_many([text])
+
+    async def send_many(self, texts: list[str]) -> None:
+        if self._direct is not None:
+            await self._direct.send(texts)
+        else:
+            for text in texts:
+                await self._send({"type": "websocket.send", "text": text})
 
     async def close(self, code: int) -> None:
         await self._send({"type": "websocket.close", "code": code})

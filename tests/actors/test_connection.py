@@ -35,6 +35,10 @@ class FakeSocket:
             self.all_pongs.set()
         await trio.lowlevel.checkpoint()
 
+    async def send_many(self, texts: list[str]) -> None:
+        for text in texts:
+            await self.send(text)
+
     async def close(self, code: int) -> None:
         self.closed = code
 

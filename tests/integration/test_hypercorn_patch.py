@@ -40,3 +40,25 @@ def test_the_replaced_method_still_has_the_shape_we_rely_on() -> None:
     init = inspect.getsource(TCPServer.__init__)
     for attribute in ("self.send_lock", "self.stream", "self.config"):
         assert attribute in init
+
+
+def test_text_frames_are_what_wsproto_writes() -> None:
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+    from wsproto.events import TextMessage
+
+    wsproto = Connection(ConnectionType.SERVER)
+    for n in (0, 1, 125, 126, 65535, 65536, 70000):
+        text = "é" * (n // 2) + "x" * (n % 2)  # multi-byte: the length is of the UTF-8 bytes
+        assert _hypercorn.text_frame(text) == wsproto.send(TextMessage(data=text))
+
+
+def test_the_direct_sender_is_found_only_on_hypercorns_http11_websocket() -> None:
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.ws_stream import WSStream
+
+    assert _hypercorn.DirectSender.find(print) is None
+    # the chain DirectSender.find walks: WSStream.send -> H11Protocol.stream_send -> TCPServer
+    assert "self.send = send" in inspect.getsource(WSStream.__init__)
+    assert "self.send = send" in inspect.getsource(H11Protocol.__init__)
+    assert "RawData(data=event.data)" in inspect.getsource(H11Protocol.stream_send)

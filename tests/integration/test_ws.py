@@ -12,6 +12,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
+from ipt_bus import _hypercorn
 from tests.conftest import (
     closed_code,
     event,
@@ -408,6 +409,25 @@ async def test_batch_mode_coalesces_a_backlog(server: Server) -> None:
         frames, messages = await publish_50_and_count(pub, sub)
         assert [f["payload"]["i"] for f in frames] == list(range(50))
         assert messages < 50
+
+
+async def test_a_backlog_without_batching_is_one_message_per_event_in_one_write(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    send = _hypercorn.DirectSender.send
+
+    async def counted(sender: _hypercorn.DirectSender, texts: list[str]) -> None:
+        writes.append(len(texts))
+        await send(sender, texts)
+
+    monkeypatch.setattr(_hypercorn.DirectSender, "send", counted)
+    async with ws(server, "topics=b.*") as sub, ws(server, "topics=none") as pub:
+        frames, messages = await publish_50_and_count(pub, sub)
+    assert [f["payload"]["i"] for f in frames] == list(range(50))
+    assert messages == 50  # the protocol is unchanged: one event per message
+    assert sum(writes) >= 2  # and the backlog left in shared writes, not one send each
+    assert len(writes) < 50
 
 
 async def publish_50_and_count(pub: Any, sub: Any) -> tuple[list[dict[str, Any]], int]:
