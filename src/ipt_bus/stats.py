@@ -18,7 +18,7 @@ import trio
 
 LATENCY_SAMPLES: Final = 10_000
 RATE_WINDOW_SECONDS: Final = 10
-STABILITY_WINDOW_SECONDS: Final = 60.0
+STABILITY_WINDOW_SECONDS: Final = 60
 
 
 @attrs.frozen
@@ -72,6 +72,15 @@ StatsCommand = Accepted | Dropped | Counted | Latency | Opened | Closed | Refuse
 
 
 @attrs.define
+class _Churn:
+    """Connections opened and closed (by close code) in one second."""
+
+    second: int
+    opens: int = 0
+    closes: Counter[int] = attrs.field(factory=Counter)
+
+
+@attrs.define
 class Stats:
     _started: float = attrs.field(factory=time.monotonic)
     _total: int = 0
@@ -82,8 +91,8 @@ class Stats:
     _counts: Counter[str] = attrs.field(factory=Counter)
     _latency: deque[float] = attrs.field(factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _open: dict[int, float] = attrs.field(factory=dict)  # conn_id -> opened (monotonic)
-    _opens: deque[float] = attrs.field(factory=deque)
-    _closes: deque[tuple[float, int]] = attrs.field(factory=deque)
+    # per second, not per connection: a storm of any rate costs at most a minute of seconds
+    _churn: deque[_Churn] = attrs.field(factory=deque)
     _closes_total: Counter[int] = attrs.field(factory=Counter)
     _refused: Counter[str] = attrs.field(factory=Counter)
 
@@ -110,20 +119,23 @@ class Stats:
                 self._latency.append(seconds)
             case Opened(conn_id=conn_id):
                 self._open[conn_id] = now
-                self._opens.append(now)
+                self._this_second(now).opens += 1
             case Closed(conn_id=conn_id, code=code):
                 self._open.pop(conn_id, None)
-                self._closes.append((now, code))
+                self._this_second(now).closes[code] += 1
                 self._closes_total[code] += 1
             case Refused(reason=reason):
                 self._refused[reason] += 1
             case Snapshot():
                 raise AssertionError("snapshots are answered by run()")
-        horizon = now - STABILITY_WINDOW_SECONDS
-        while self._opens and self._opens[0] < horizon:
-            self._opens.popleft()
-        while self._closes and self._closes[0][0] < horizon:
-            self._closes.popleft()
+
+    def _this_second(self, now: float) -> _Churn:
+        second = int(now)
+        if not self._churn or self._churn[-1].second != second:
+            self._churn.append(_Churn(second))
+            while self._churn[0].second <= second - STABILITY_WINDOW_SECONDS:
+                self._churn.popleft()
+        return self._churn[-1]
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -133,7 +145,8 @@ class Stats:
         window = min(float(RATE_WINDOW_SECONDS), max(uptime, 1e-9))
         samples = sorted(self._latency)
         ages = sorted(now - t for t in self._open.values())
-        closes_by_code: Counter[int] = Counter(code for _, code in self._closes)
+        minute = [c for c in self._churn if c.second > second - STABILITY_WINDOW_SECONDS]
+        closes_by_code: Counter[int] = sum((c.closes for c in minute), Counter())
         return {
             "total_events": self._total,
             "events_per_topic": dict(self._per_topic),
@@ -153,7 +166,7 @@ class Stats:
                 "by_reason": dict(self._dropped),
             },
             "connection_stability": {
-                "opens_last_minute": len(self._opens),
+                "opens_last_minute": sum(c.opens for c in minute),
                 "closes_last_minute": {str(k): v for k, v in sorted(closes_by_code.items())},
                 "closes_total": {str(k): v for k, v in sorted(self._closes_total.items())},
                 "refused_total": dict(self._refused),
