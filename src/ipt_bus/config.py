@@ -69,7 +69,7 @@ class BusConfig:
     default_query_limit: int = 100
     max_query_limit: int = 1_000
     shutdown_grace_seconds: float = 5.0
-    gc_threshold: tuple[int, int, int] | None = (50_000, 50, 100)
+    gc_threshold: tuple[int, int, int] | None = (10_000, 10, 10)
 
     def __attrs_post_init__(self) -> None:
         for name in (
