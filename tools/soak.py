@@ -2,8 +2,8 @@
 
     python tools/soak.py [--minutes 10] [--json FILE]
 
-- C14 connect/disconnect storm: 500 connections/s for 10 s; server FDs back to baseline ± 2,
-  RSS within 10 %.
+- C14 connect/disconnect storm: 500 connections/s for 10 s; server FDs and trio tasks back to
+  baseline ± 2, RSS within 10 %.
 - C17 ping flood: one client sends 10,000 `ping` actions/s for 5 s while 20 neighbours receive
   50 events/s; neighbours' p99 latency within 2x their baseline, RSS flat.
 - G2 (scaled to this machine): 100 batch subscribers, 200 events/s, 10 connections/s of churn,
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +51,7 @@ def p99(samples: list[int]) -> float | None:
 
 async def storm(port: int, pid: int) -> dict[str, Any]:
     """C14: 500 connect/disconnect cycles per second for 10 s."""
-    rss0, fds0 = bench.rss_bytes(pid), fd_count(pid)
+    rss0, fds0, tasks0 = bench.rss_bytes(pid), fd_count(pid), await _tasks(port)
     cycles = 0
     failures = 0
     start = trio.current_time()
@@ -70,7 +71,7 @@ async def storm(port: int, pid: int) -> dict[str, Any]:
             nursery.start_soon(cycle)
     elapsed = trio.current_time() - start
     await trio.sleep(2)  # let the server finish closing
-    rss1, fds1 = bench.rss_bytes(pid), fd_count(pid)
+    rss1, fds1, tasks1 = bench.rss_bytes(pid), fd_count(pid), await _tasks(port)
     return {
         "test": "C14 connect/disconnect storm",
         "cycles": cycles,
@@ -78,9 +79,18 @@ async def storm(port: int, pid: int) -> dict[str, Any]:
         "cycles_per_s": round(cycles / elapsed),
         "fds": [fds0, fds1],
         "rss_mb": [round(rss0 / 2**20, 1), round(rss1 / 2**20, 1)],
+        "tasks": [tasks0, tasks1],
         "fds_ok": abs(fds1 - fds0) <= 2,
+        "tasks_ok": abs(tasks1 - tasks0) <= 2,
         "rss_ok": rss1 <= rss0 * 1.10,
     }
+
+
+async def _tasks(port: int) -> int:
+    """The server's living trio tasks (`/stats` -> `tasks`)."""
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"http://127.0.0.1:{port}/stats")).json()
+    return int(stats["tasks"])
 
 
 async def _neighbours(port: int, n: int, rate: int, seconds: float) -> list[int]:

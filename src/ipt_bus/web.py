@@ -484,6 +484,9 @@ def _routes(app: BusApp) -> None:
                 },
             }
         snap["dead_letters"] = bus.dead_letters.stats()
+        # every connection's tasks live in nurseries: a count back at its baseline after a
+        # storm of connections is the check that none outlived its connection (RELIABILITY C14)
+        snap["tasks"] = trio.lowlevel.current_statistics().tasks_living
         return json_response(snap)
 
     @app.get("/health")

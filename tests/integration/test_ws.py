@@ -544,6 +544,25 @@ async def test_stats_track_connections_and_latency(server: Server) -> None:
         await wait_for(lambda: _closed_count(http))
 
 
+async def test_no_task_outlives_its_connection(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+
+        async def tasks() -> int:
+            return int((await http.get("/stats")).json()["tasks"])
+
+        baseline = await tasks()
+        for _ in range(5):  # readers, writers, ackers, pings, hypercorn's own per connection
+            async with ws(server, "topics=t.*") as sub, ws(server, "topics=none") as pub:
+                await request(pub, {"action": "publish", "id": 1, "event": event("t.x")})
+                await recv(sub)
+                assert await tasks() > baseline
+        await wait_for(lambda: _at_most(tasks, baseline))
+
+
+async def _at_most(count: Any, limit: int) -> bool:
+    return bool(await count() <= limit)
+
+
 async def _closed_count(http: httpx.AsyncClient) -> bool:
     stats = (await http.get("/stats")).json()
     return (
