@@ -50,10 +50,18 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     port = free_port()
-    log = tmp_path_factory.mktemp("served") / "server.log"
+    served_dir = tmp_path_factory.mktemp("served")
+    log = served_dir / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ipt-bus"), "serve", "--port", str(port)],
+        proc = subprocess.Popen(  # module-scoped: before the autouse data-dir fixture applies
+            [
+                str(Path(sys.executable).parent / "ipt-bus"),
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(served_dir / "data"),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
