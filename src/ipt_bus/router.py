@@ -139,14 +139,19 @@ class Router:
         events: list[Event] = []
         keys: list[Key] = []
         logged: list[Publish] = []  # the publishes whose events go into this append
-        repeats: list[tuple[Publish, Publish | list[Published]]] = []
+        repeats = 0
+        same_as: list[tuple[Publish, Publish]] = []  # a key repeated inside this batch
         first_with: dict[str, Publish] = {}
         for p in batch:
             if p.key is not None:
                 known = self._log.recall(p.key)
+                if known is not None:  # logged before: its answer does not wait on this append
+                    _answer(p.reply, (p.token, known))
+                    repeats += 1
+                    continue
                 earlier = first_with.get(p.key)
-                if known is not None or earlier is not None:
-                    repeats.append((p, known if known is not None else earlier))  # type: ignore[arg-type]
+                if earlier is not None:
+                    same_as.append((p, earlier))
                     continue
                 first_with[p.key] = p
                 keys.append(Key(p.key, len(events), len(p.events)))
@@ -157,7 +162,9 @@ class Router:
             try:
                 records = await self._log.append(events, keys)
             except StorageError as exc:
-                for p in batch:
+                for p in logged:
+                    _answer(p.reply, (p.token, exc))
+                for p, _original in same_as:
                     _answer(p.reply, (p.token, exc))
                 return following
             offset = 0
@@ -168,11 +175,10 @@ class Router:
                 answers[id(p)] = mine
                 _answer(p.reply, (p.token, mine))
             self._fan_out(records, logged)
-        for p, original in repeats:
-            answer = original if isinstance(original, list) else answers[id(original)]
-            _answer(p.reply, (p.token, answer))
-        if repeats:
-            self._stats.record(Counted("idempotent_repeats", len(repeats)))
+        for p, original in same_as:
+            _answer(p.reply, (p.token, answers[id(original)]))
+        if repeats + len(same_as):
+            self._stats.record(Counted("idempotent_repeats", repeats + len(same_as)))
         return following
 
     def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:

@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from ipt_bus.errors import LimitExceeded, Overloaded
+from ipt_bus.errors import LimitExceeded, Overloaded, StorageFull
 from ipt_bus.model import Event
 from ipt_bus.outbox import Outbox
 from ipt_bus.router import RouterHandle, start_router
@@ -139,3 +139,53 @@ async def test_publishers_wait_when_the_router_is_saturated(
         release.set()
         router.close()
         stats.close()
+
+
+async def test_a_key_repeated_in_one_batch_is_logged_once_and_answered_alike(actors) -> None:
+    router, stats, log = actors
+    answers: list[list[int]] = []
+
+    async def publish() -> None:
+        published = await router.publish([ev("k.x")], timeout=5, key="same")
+        answers.append([p.seq for p in published])
+
+    async with trio.open_nursery() as nursery:  # both reach the inbox before the router runs
+        nursery.start_soon(publish)
+        nursery.start_soon(publish)
+    assert answers == [[1], [1]]
+    assert log.stats().size == 1
+    assert (await stats.snapshot())["counters"]["idempotent_repeats"] == 1
+
+
+class _FailingLog(MemoryLog):
+    fail = False
+
+    async def append(self, events, keys=()):  # type: ignore[no-untyped-def]
+        if self.fail:
+            raise StorageFull("the disk is full")
+        return await super().append(events, keys)
+
+
+async def test_a_known_key_is_answered_even_when_the_batch_cannot_be_logged(
+    nursery: trio.Nursery,
+) -> None:
+    log = _FailingLog(100)
+    stats = await start_stats(nursery, 1000)
+    router = await start_router(nursery, log, stats, inbox_size=16, max_subscriptions=3)
+    first = await router.publish([ev("k.x")], timeout=5, key="k1")
+    log.fail = True
+    results: dict[str, object] = {}
+
+    async def publish(name: str, key: str | None) -> None:
+        try:
+            results[name] = await router.publish([ev("k.y")], timeout=5, key=key)
+        except StorageFull as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(publish, "repeat", "k1")
+        inner.start_soon(publish, "new", None)
+    assert results["repeat"] == first  # already logged: the full disk does not matter
+    assert isinstance(results["new"], StorageFull)
+    router.close()
+    stats.close()
