@@ -139,46 +139,43 @@ class Router:
         events: list[Event] = []
         keys: list[Key] = []
         logged: list[Publish] = []  # the publishes whose events go into this append
-        repeats = 0
-        same_as: list[tuple[Publish, Publish]] = []  # a key repeated inside this batch
+        known: dict[int, list[Published]] = {}  # id(Publish) -> the answer its key already has
+        same_as: dict[int, Publish] = {}  # id(Publish) -> the earlier one with its key, here
         first_with: dict[str, Publish] = {}
         for p in batch:
             if p.key is not None:
-                known = self._log.recall(p.key)
-                if known is not None:  # logged before: its answer does not wait on this append
-                    _answer(p.reply, (p.token, known))
-                    repeats += 1
+                recalled = self._log.recall(p.key)
+                if recalled is not None:  # logged before: answered even if this append fails
+                    known[id(p)] = recalled
                     continue
                 earlier = first_with.get(p.key)
                 if earlier is not None:
-                    same_as.append((p, earlier))
+                    same_as[id(p)] = earlier
                     continue
                 first_with[p.key] = p
                 keys.append(Key(p.key, len(events), len(p.events)))
             logged.append(p)
             events.extend(p.events)
-        answers: dict[int, list[Published]] = {}  # id(Publish) -> its answer
+        answers: dict[int, list[Published] | StorageError] = {}  # id(logged Publish) -> answer
         if events:
             try:
                 records = await self._log.append(events, keys)
             except StorageError as exc:
+                answers = dict.fromkeys(map(id, logged), exc)
+            else:
+                offset = 0
                 for p in logged:
-                    _answer(p.reply, (p.token, exc))
-                for p, _original in same_as:
-                    _answer(p.reply, (p.token, exc))
-                return following
-            offset = 0
-            for p in logged:
-                n = len(p.events)
-                mine = [Published(r.id, r.seq) for r in records[offset : offset + n]]
-                offset += n
-                answers[id(p)] = mine
-                _answer(p.reply, (p.token, mine))
-            self._fan_out(records, logged)
-        for p, original in same_as:
-            _answer(p.reply, (p.token, answers[id(original)]))
-        if repeats + len(same_as):
-            self._stats.record(Counted("idempotent_repeats", repeats + len(same_as)))
+                    n = len(p.events)
+                    answers[id(p)] = [Published(r.id, r.seq) for r in records[offset : offset + n]]
+                    offset += n
+                self._fan_out(records, logged)
+        # in the order they came: a connection's acker takes its answers in token order and
+        # skips any it is not waiting for yet
+        for p in batch:
+            answer = known[id(p)] if id(p) in known else answers[id(same_as.get(id(p), p))]
+            _answer(p.reply, (p.token, answer))
+        if known or same_as:
+            self._stats.record(Counted("idempotent_repeats", len(known) + len(same_as)))
         return following
 
     def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:

@@ -10,7 +10,7 @@ import trio.testing
 from ipt_bus.errors import LimitExceeded, Overloaded, StorageFull
 from ipt_bus.model import Event
 from ipt_bus.outbox import Outbox
-from ipt_bus.router import RouterHandle, start_router
+from ipt_bus.router import Answer, RouterHandle, start_router
 from ipt_bus.stats import StatsHandle, start_stats
 from ipt_bus.storage.memory import MemoryLog
 
@@ -189,3 +189,19 @@ async def test_a_known_key_is_answered_even_when_the_batch_cannot_be_logged(
     assert isinstance(results["new"], StorageFull)
     router.close()
     stats.close()
+
+
+async def test_answers_of_one_batch_come_in_the_order_it_was_sent(actors) -> None:
+    # a connection's acker takes answers in token order and skips any it is not waiting for:
+    # an answer to a repeated key must not overtake the answer to an earlier new publish
+    router, _stats, _log = actors
+    await router.publish([ev("k.x")], timeout=5, key="old")
+    reply, answers = trio.open_memory_channel[Answer](16)
+    await router.submit([ev("k.y")], reply=reply, token=1, timeout=5)
+    await router.submit([ev("k.z")], reply=reply, token=2, timeout=5, key="old")
+    await router.submit([ev("k.w")], reply=reply, token=3, timeout=5, key="new")
+    await router.submit([ev("k.v")], reply=reply, token=4, timeout=5, key="new")
+    got = [await answers.receive() for _ in range(4)]
+    assert [token for token, _ in got] == [1, 2, 3, 4]
+    assert got[1][1][0].seq == 1  # "old" keeps its first answer
+    assert got[3][1] == got[2][1]  # "new" twice in one batch: logged once
