@@ -224,6 +224,7 @@ class AsgiWebSocket:
 
     _receive: Any
     _send: Any
+    _direct: _hypercorn.DirectSender | None = attrs.field(init=False)  # hypercorn HTTP/1.1
 
     async def receive(self) -> str | bytes:
         message = await self._receive()
@@ -233,8 +234,6 @@ class AsgiWebSocket:
                 return str(text)
             return bytes(message.get("bytes") or b"")
         raise Disconnected(int(message.get("code", 1005)))
-
-    _direct: _hypercorn.DirectSender | None = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._direct = _hypercorn.DirectSender.find(self._send)

@@ -62,3 +62,17 @@ def test_the_direct_sender_is_found_only_on_hypercorns_http11_websocket() -> Non
     assert "self.send = send" in inspect.getsource(WSStream.__init__)
     assert "self.send = send" in inspect.getsource(H11Protocol.__init__)
     assert "RawData(data=event.data)" in inspect.getsource(H11Protocol.stream_send)
+
+
+async def test_other_asgi_servers_get_one_websocket_send_per_message() -> None:
+    from ipt_bus.web import AsgiWebSocket
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:  # not hypercorn's: no direct path
+        sent.append(message)
+
+    socket = AsgiWebSocket(None, send)
+    await socket.send_many(["a", "b"])
+    await socket.send("c")
+    assert sent == [{"type": "websocket.send", "text": t} for t in "abc"]
