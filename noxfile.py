@@ -33,8 +33,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.13")
+    """mypy --strict (pyproject.toml) on the package, and on tests, tools and this file."""
+    session.install("-e", ".[test]", "mypy>=1.13", "nox>=2024.10")
     session.run("mypy", "src")
+    session.run("mypy", "tests", "tools", "noxfile.py")
 
 
 @nox.session

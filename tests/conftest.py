@@ -93,7 +93,7 @@ async def closed_code(conn: WebSocketConnection) -> int:
             try:
                 await conn.get_message()
             except ConnectionClosed as closed:
-                return int(closed.reason.code)
+                return int(closed.reason.code) if closed.reason is not None else 1005
 
 
 async def send(conn: WebSocketConnection, frame: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -144,7 +144,7 @@ class DeadLetters:
         self.counts["retry_failed"] += 1
         return updated
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         return {
             "size": len(self._entries),
             "bytes": self._bytes,

@@ -282,7 +282,7 @@ async def test_async_with_events_publish_and_subscriptions() -> None:
 async def test_resume_after_the_server_drops_the_connection() -> None:
     logged: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = logged.append  # type: ignore[method-assign]
+    handler.emit = logged.append  # type: ignore[method-assign,assignment]
     logging.getLogger("ipt_bus.client").addHandler(handler)
     async with running_server() as server:
         seqs: list[int] = []
@@ -294,7 +294,7 @@ async def test_resume_after_the_server_drops_the_connection() -> None:
             raise RuntimeError("handler bug")
 
         async with EventBusClient(server.url, topics=["load.*"]) as client:
-            client.add_event_handler("load.*", lambda ev: seqs.append(ev.seq))
+            client.add_event_handler("load.*", lambda ev: seqs.append(ev.seq or 0))
             client.add_event_handler("load.x", failing)
             async with httpx.AsyncClient(base_url=server.url) as http:
                 for batch in range(40):
@@ -332,7 +332,7 @@ async def test_history_lost_is_raised_or_reported() -> None:
         seqs: list[int] = []
         client = EventBusClient(server.url, since=2, epoch="another-log")
         client.on_gap(gaps.append)
-        client.add_event_handler("**", lambda ev: seqs.append(ev.seq))
+        client.add_event_handler("**", lambda ev: seqs.append(ev.seq or 0))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.listen_async)
             await wait_for(lambda: len(seqs) == 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import orjson
@@ -15,12 +16,18 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from ipt_bus.config import BusConfig
 from ipt_bus.connection import Connection
 from ipt_bus.errors import StorageError
-from ipt_bus.frames import Ping
+from ipt_bus.frames import ClientFrame, Ping
 from ipt_bus.router import Router
 from ipt_bus.server import Server, listening_socket
 from ipt_bus.storage.memory import MemoryLog
 from tests import rawws
 from tests.conftest import closed_code, event, recv, request, running_server, wait_for, ws
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ipt_bus.model import Event
+    from ipt_bus.storage.base import Key, Record
 
 TEXT, BINARY, CLOSE, PING = 0x1, 0x2, 0x8, 0x9
 
@@ -61,7 +68,7 @@ async def test_permessage_deflate_is_not_negotiated(server: Server) -> None:
     ],
 )
 async def test_protocol_violations_fail_only_that_connection(
-    server, name: str, data: bytes
+    server: Server, name: str, data: bytes
 ) -> None:
     peer = await raw(server)
     async with peer.stream:
@@ -182,13 +189,14 @@ async def test_allowed_origins() -> None:
     async with running_server(allowed_origins=("https://ok.example",)) as server:
         with pytest.raises(ConnectionRejected) as info:
             async with open_websocket_url(
-                server.ws_url, extra_headers=[("Origin", "https://evil.example")]
+                server.ws_url, extra_headers=[(b"Origin", b"https://evil.example")]
             ):
                 pass
         assert info.value.status_code == 403
+        assert info.value.body is not None
         assert orjson.loads(info.value.body)["error"]["code"] == "origin_not_allowed"
         async with open_websocket_url(
-            server.ws_url, extra_headers=[("Origin", "https://ok.example")]
+            server.ws_url, extra_headers=[(b"Origin", b"https://ok.example")]
         ) as conn:
             assert orjson.loads(await conn.get_message())["action"] == "welcome"
         async with open_websocket_url(server.ws_url) as conn:  # no Origin: not a browser
@@ -216,7 +224,7 @@ async def test_a_bug_in_one_connection_closes_only_it_with_1011(
 ) -> None:
     original = Connection._dispatch
 
-    async def buggy(self, frame, *, small):
+    async def buggy(self: Connection, frame: ClientFrame, *, small: bool) -> None:
         if isinstance(frame, Ping) and frame.id == "boom":
             raise RuntimeError("injected bug")
         await original(self, frame, small=small)
@@ -238,7 +246,7 @@ async def _closes(http: httpx.AsyncClient, code: str) -> bool:
 
 
 async def test_a_crash_in_the_router_stops_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(self, command):
+    def crash(self: object, command: object) -> None:
         raise RuntimeError("router bug")
 
     monkeypatch.setattr(Router, "_on_subscribe", crash)
@@ -255,7 +263,9 @@ async def test_saturated_bus_answers_503_and_overloaded_and_loses_nothing_acked(
     release = trio.Event()
     original = MemoryLog.append
 
-    async def stalled(self, events, keys=()):
+    async def stalled(
+        self: MemoryLog, events: Sequence[Event], keys: Sequence[Key] = ()
+    ) -> list[Record]:
         await release.wait()
         return await original(self, events, keys)
 
@@ -300,7 +310,9 @@ def _task_count() -> int:
             walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks
         )
 
-    return walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return walk(root)
 
 
 def _fd_count() -> int:

@@ -13,6 +13,8 @@ from ipt_bus.web import STANDARD_TOPICS, create_app
 from tests.conftest import event, running_server, wait_for
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from ipt_bus.server import Server
 
 
@@ -193,7 +195,7 @@ async def test_oversize_body_is_413_declared_and_chunked() -> None:
     async with running_server(max_body_bytes=1000) as server:
         body = orjson.dumps(event(blob="x" * 2000))
 
-        async def chunks():  # no Content-Length: Transfer-Encoding: chunked
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
             for i in range(0, len(body), 100):
                 yield body[i : i + 100]
 

@@ -26,6 +26,8 @@ from tests.conftest import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ipt_bus.server import Server
 
 
@@ -203,7 +205,7 @@ async def test_slow_consumer_drops_only_its_own_events_and_is_told() -> None:
         gaps: set[int] = set()
         with trio.fail_after(30):
             while published not in got | gaps:
-                for line in (await slow.get_message()).split("\n"):
+                for line in str(await slow.get_message()).split("\n"):
                     frame = orjson.loads(line)
                     if frame.get("action") == "gap":
                         assert frame["reason"] == "slow_consumer"
@@ -374,6 +376,7 @@ async def test_bad_connect_parameters_are_refused_with_400(
         async with open_websocket_url(f"{server.ws_url}?{query}"):
             pass
     assert info.value.status_code == 400
+    assert info.value.body is not None
     assert orjson.loads(info.value.body)["error"]["field"] == field
 
 
@@ -559,13 +562,14 @@ async def test_no_task_outlives_its_connection(server: Server) -> None:
         await wait_for(lambda: _at_most(tasks, baseline))
 
 
-async def _at_most(count: Any, limit: int) -> bool:
-    return bool(await count() <= limit)
+async def _at_most(count: Callable[[], Awaitable[int]], limit: int) -> bool:
+    counted: int = await count()
+    return counted <= limit
 
 
 async def _closed_count(http: httpx.AsyncClient) -> bool:
     stats = (await http.get("/stats")).json()
-    return (
+    return bool(
         stats["active_connections"] == 0
         and sum(stats["connection_stability"]["closes_total"].values()) == 1
     )
