@@ -73,10 +73,13 @@ _message_deadline_seconds = DEFAULT_MESSAGE_DEADLINE_SECONDS
 
 
 async def _protocol_send(self: TCPServer, event: Any) -> None:
-    if not isinstance(event, RawData):
+    if isinstance(event, RawData):
+        await _send_bytes(self, event.data)
+    else:
         await _original_protocol_send(self, event)
-        return
-    data = event.data
+
+
+async def _send_bytes(self: TCPServer, data: bytes) -> None:
     # as trio's own lock would: a cancelled task sends nothing (under the bare hypercorn CLI,
     # shutdown cancels the app and hypercorn's 1011 "app ended" close must not reach clients)
     await trio.lowlevel.checkpoint_if_cancelled()
@@ -193,7 +196,7 @@ class DirectSender:
         ):
             return
         # a failed write closes the stream through `handle`, which sets its closed event
-        await _protocol_send(self._server, RawData(data=b"".join(map(text_frame, texts))))
+        await _send_bytes(self._server, b"".join(map(text_frame, texts)))
 
 
 def text_frame(text: str) -> bytes:

@@ -348,10 +348,7 @@ class Connection:
             self._outbox.close(-exc.code)
 
     async def _send_frames(self, frames: list[str]) -> None:
-        if len(frames) == 1:
-            await self._ws.send(frames[0])
-            return
-        if not self._batch:
+        if not self._batch or len(frames) == 1:
             await self._ws.send_many(frames)
             return
         limit = self._bus.config.batch_frame_bytes
