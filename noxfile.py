@@ -24,6 +24,18 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def repeat(session: nox.Session) -> None:
+    """The resume-under-live-traffic test 50 times in a row: it must never flake (issue 18)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-q",
+        "tests/integration/test_durable.py::test_resume_during_live_traffic_is_gapless_and_duplicate_free",
+        env={"IPT_BUS_REPEAT": session.posargs[0] if session.posargs else "50"},
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("-e", ".", "ruff>=0.8", "import-linter>=2.1")
     session.run("ruff", "check", "src", "tests", "tools", "noxfile.py")

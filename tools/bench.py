@@ -5,7 +5,8 @@ to core 1. Its WebSocket receivers do not decode events: they split frames and s
 ``"seq":``/``"t":`` markers, so one Python process keeps up with far more than the server sends.
 Every workload reports the load generator's CPU use so a saturated generator is visible.
 
-    python tools/bench.py [--quick] [--only fanout,latency,idle,rest,codec,durable,client]
+    python tools/bench.py [--quick]
+                          [--only fanout,latency,paused,idle,rest,codec,durable,client]
                           [--json FILE]
 """
 
@@ -17,6 +18,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import socket
 import subprocess
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 PAD = "x" * 250  # brings a published event to ~400 bytes on the wire
+SEQ = re.compile(rb'"seq":(\d+)')
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -351,6 +354,70 @@ async def latency(
         "lost_pct": round(100 * (expected - len(samples)) / expected, 2),
         "server_cpu": round(cpu_server / elapsed, 2),
         "loadgen_cpu": round(cpu_self / elapsed, 2),
+    }
+
+
+async def paused(
+    storage: str, rate: int, subscribers: int, seconds: float, pause: float, batch: bool
+) -> dict[str, Any]:
+    """One of `subscribers` stops reading for `pause` seconds mid-stream, then reads again.
+
+    Its socket's receive buffer is kept small (64 KiB) so the pause reaches the server's outbox
+    within the pause instead of being absorbed by the kernel; what it misses beyond its outbox
+    must come from the log. Counts the events each subscriber never got.
+    """
+    port = free_port()
+    with server("bus", port, storage):
+        subs, pub = await _clients("bus", port, subscribers, batch)
+        sock = subs[0].stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        total = int(rate * seconds)
+        got: list[set[int]] = [set() for _ in subs]
+        gaps = 0
+        paused_until = [0.0]
+
+        async def receive(i: int, ws: RawWS) -> None:
+            nonlocal gaps
+            mine = got[i]
+            async for payload in ws.messages():
+                if i == 0 and trio.current_time() < paused_until[0]:
+                    await trio.sleep_until(paused_until[0])  # not reading: the pause itself
+                gaps += payload.count(b'"gap"')
+                mine.update(int(m) for m in SEQ.findall(payload))
+
+        async def publish() -> None:
+            start = trio.current_time()
+            for i in range(total):
+                if i == rate:  # after one second
+                    paused_until[0] = trio.current_time() + pause
+                await trio.sleep_until(start + i / rate)
+                await pub.send_text(event_frame("bus", i))
+
+        async with trio.open_nursery() as nursery:
+            for i, ws in enumerate(subs):
+                nursery.start_soon(receive, i, ws)
+            await publish()
+            expected = set(range(1, total + 1))
+            with trio.move_on_after(15.0):  # grace: the paused one catches up
+                while any(not expected <= g for g in got):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            stats = (await http.get("/stats")).json()
+        for ws in [*subs, pub]:
+            await ws.aclose()
+    return {
+        "storage": storage,
+        "batch": batch,
+        "rate": rate,
+        "subscribers": subscribers,
+        "pause_s": pause,
+        "paused_lost": len(expected - got[0]),
+        "others_lost": sum(len(expected - g) for g in got[1:]),
+        "gap_notices": gaps,
+        "catch_ups": stats.get("catch_up", {}).get("catch_ups"),
+        "events_read_from_log": stats.get("catch_up", {}).get("events_read"),
+        "dropped": stats["events_dropped"]["total"],
     }
 
 
@@ -690,6 +757,9 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
         for rate in (50, 200, 1000):
             for kind, batch in (("bare", False), ("bus", False), ("bus", True)):
                 out("latency", await latency(kind, rate, 100, seconds, batch))
+    if "paused" in only:
+        for batch in (True, False):
+            out("paused", await paused("safe", 1000, 100, seconds, 2.0, batch))
     if "idle" in only:
         out("idle", await idle_rss(1000 if quick else 5000))
     if "rest" in only:
@@ -714,7 +784,7 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
-    parser.add_argument("--only", default="fanout,latency,idle,rest,codec,durable,client")
+    parser.add_argument("--only", default="fanout,latency,paused,idle,rest,codec,durable,client")
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args()
     _raise_nofile()

@@ -3,8 +3,10 @@
 A reader task turns frames into router requests and queues their replies (read at most
 `max_frames_per_second`); publishes are pipelined: the reader hands them to the router and an
 acker task, started on the first publish, answers them in order. A writer task sends the welcome,
-any resumed history, then whatever the outbox holds. A bug in any of them closes only this
-connection (1011, logged, counted); nothing reaches the socket of another connection.
+then whatever the outbox holds; when the outbox says events were missed (a resume, or a queue
+that overflowed while the client read slowly) it reads them from the log in pages and then
+returns to live events. A bug in any of them closes only this connection (1011, logged,
+counted); nothing reaches the socket of another connection.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -31,9 +34,9 @@ from ipt_bus.errors import (
     as_protocol_error,
 )
 from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
-from ipt_bus.outbox import Outbox
-from ipt_bus.router import Answer, wait_published
-from ipt_bus.stats import Closed, Latency, Opened
+from ipt_bus.outbox import Missed, Outbox
+from ipt_bus.router import Answer, Peer, wait_published
+from ipt_bus.stats import Closed, Counted, Latency, Opened
 from ipt_bus.storage.base import Query
 from ipt_bus.topics import validate_pattern
 
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ipt_bus.connection")
 
-REPLAY_PAGE_EVENTS: Final = 1_000
+CATCH_UP_PAGE_EVENTS: Final = 1_000  # events per log read while catching up
 LATENCY_SAMPLE_SECONDS: Final = 0.05
 CLOSE_WRITE_SECONDS: Final = 2.0
 
@@ -124,7 +127,9 @@ class Connection:
     _ws: WebSocketLike
     _bus: BusHandle
     _params: ConnectParams
+    _remote: str | None = None  # the peer's address, as `/connections` shows it
     conn_id: int = attrs.field(init=False)
+    _peer: Peer = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
     _batch: bool = attrs.field(init=False)
     _pipeline: _Pipeline | None = None  # made on the first publish: most subscribers never do
@@ -135,6 +140,7 @@ class Connection:
     def __attrs_post_init__(self) -> None:
         cfg = self._bus.config
         self.conn_id = self._bus.next_conn_id()
+        self._peer = Peer(self._remote, time.time())
         self._batch = False
         self._outbox = Outbox(
             max_events=cfg.outbox_events,
@@ -153,11 +159,14 @@ class Connection:
         peer_gone = False
         try:
             self._set_batch(self._params.batch)  # left in `finally` below
-            last = await bus.router.attach(self.conn_id, self._outbox, self._params.patterns)
+            since, first = self._resume_point()
+            await bus.router.attach(
+                self.conn_id, self._outbox, self._params.patterns, since=since, peer=self._peer
+            )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._writer, last)
+                nursery.start_soon(self._writer, first)
                 self.close_code = await self._outbox.wait_closed()
                 nursery.cancel_scope.cancel()
             peer_gone = self.close_code < 0
@@ -178,10 +187,25 @@ class Connection:
         bus.stats.record(Closed(self.conn_id, self.close_code))
         return self.close_code
 
+    def _resume_point(self) -> tuple[int | None, list[str]]:
+        """Where a `since=` resume starts reading, and what to tell the client first.
+
+        A `since` from another epoch (or past the end of this log) means the history it counts
+        in is gone: the client is told so (`gap`, reason `epoch`) and gets this log from its start.
+        """
+        since = self._params.since
+        if since is None:
+            return None, []
+        event_log = self._bus.log
+        epoch = self._params.epoch
+        if (epoch is not None and epoch != event_log.epoch) or since > event_log.last_seq:
+            return 0, [codec.gap_frame("epoch", since + 1, None, epoch=event_log.epoch)]
+        return since, []
+
     def _set_batch(self, on: bool) -> None:
         if on != self._batch:
             self._bus.batch_writers += 1 if on else -1
-            self._batch = on
+            self._batch = self._peer.batch = on
 
     # --- reading ---
 
@@ -319,33 +343,42 @@ class Connection:
 
     # --- writing ---
 
-    async def _writer(self, attached_at: int) -> None:
+    async def _writer(self, first: list[str]) -> None:
+        outbox = self._outbox
         try:
-            await self._ws.send(codec.dumps(self._bus.welcome()).decode())
-            if self._params.since is not None:
-                await self._replay(self._params.since, attached_at)
+            await self._ws.send_many([codec.dumps(self._bus.welcome()).decode(), *first])
             last_send = -math.inf
+            overflows = 0
             while True:
                 if self._batch:
                     # Under load, wait out the window since the last message so a backlog
                     # builds up and leaves as one message; an idle subscriber is not delayed.
-                    await self._outbox.wait_ready()
+                    await outbox.wait_ready()
                     window = self._bus.batch_window()
                     if trio.current_time() - last_send < window:
                         await trio.sleep_until(last_send + window)
                     last_send = trio.current_time()
-                taken = await self._outbox.take()
+                taken = await outbox.take()
                 frames = taken.replies + taken.events
-                if not frames:
+                if not frames and not taken.missed:
                     return  # closed
-                await self._send_frames(frames)
+                if frames:
+                    await self._send_frames(frames)
+                if taken.missed:
+                    outbox.wrote(taken.missed[0].after, len(taken.events))
+                    if outbox.catch_ups > overflows:  # not the resume: it fell behind
+                        self._bus.stats.record(Counted("catch_ups", outbox.catch_ups - overflows))
+                        overflows = outbox.catch_ups
+                    await self._catch_up(taken.missed)
+                else:
+                    outbox.wrote(taken.upto, len(taken.events))
                 if taken.oldest_accepted_at is not None:
                     now = trio.current_time()
                     if now - self._last_sample >= LATENCY_SAMPLE_SECONDS:
                         self._last_sample = now
                         self._bus.stats.record(Latency(now - taken.oldest_accepted_at))
         except Disconnected as exc:
-            self._outbox.close(-exc.code)
+            outbox.close(-exc.code)
 
     async def _send_frames(self, frames: list[str]) -> None:
         if not self._batch or len(frames) == 1:
@@ -362,30 +395,40 @@ class Connection:
             size += len(frame) + 1
         await self._ws.send("\n".join(chunk))
 
-    async def _replay(self, since: int, attached_at: int) -> None:
-        """Send retained events after `since` up to the attach point; live ones follow.
+    async def _catch_up(self, missed: list[Missed]) -> None:
+        """Send the missed events from the log, in pages, then return to live ones.
 
-        Whatever the log no longer holds is announced with a `gap` first, also when the log
-        moves on between two pages of the replay (a memory ring under heavy traffic).
+        Used for a resume (`since=`) and whenever the outbox overflowed. Whatever the log no
+        longer holds is announced with a `gap` (reason `retention`), also when retention moves
+        on between two pages (a memory ring under heavy traffic). Replies that arrive meanwhile
+        go out between pages.
         """
+        outbox = self._outbox
         event_log = self._bus.log
-        epoch = self._params.epoch
-        if (epoch is not None and epoch != event_log.epoch) or since > attached_at:
-            await self._send_frames(
-                [codec.gap_frame("epoch", since + 1, None, epoch=event_log.epoch)]
-            )
-            since = 0
-        query = Query(tuple(self._params.patterns))
-        while since < attached_at:
-            # the page says what was retained when it was read, so retention running meanwhile
-            # still gets its gap announced
-            page = await event_log.read_after(since, query, REPLAY_PAGE_EVENTS)
-            if since < page.first_seq - 1:
-                gap_to = min(page.first_seq - 1, attached_at)
-                await self._send_frames([codec.gap_frame("retention", since + 1, gap_to)])
-            frames = [r.data for r in page.records if r.seq <= attached_at]
-            if frames:
-                await self._send_frames(frames)
-            if page.next_since <= since:
-                return
-            since = page.next_since
+        read = 0
+        outbox.catching_up = True
+        try:
+            for part in missed:
+                query = Query(part.patterns)
+                since, upto = part.after, part.upto
+                while since < upto:
+                    # the page says what was retained when it was read, so retention running
+                    # meanwhile still gets its gap announced
+                    page = await event_log.read_after(
+                        since, query, CATCH_UP_PAGE_EVENTS, until=upto
+                    )
+                    frames = outbox.take_replies()
+                    if since < page.first_seq - 1:
+                        gap_to = min(page.first_seq - 1, upto)
+                        frames.append(codec.gap_frame("retention", since + 1, gap_to))
+                    frames.extend(r.data for r in page.records)
+                    if frames:
+                        await self._send_frames(frames)
+                    if page.next_since <= since:
+                        break
+                    since = page.next_since
+                    read += len(page.records)
+                    outbox.wrote(since, len(page.records))
+        finally:
+            outbox.catching_up = False
+        self._bus.stats.record(Counted("catch_up_events", read))

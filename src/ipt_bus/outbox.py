@@ -1,33 +1,56 @@
 """A connection's outbox: the one place the router hands events to a subscriber.
 
-Two lanes. Events are offered by the router with `offer` (never waits): bounded in events and in
-bytes; when full the event is dropped for this connection only, and the missed range becomes a
-`gap` frame placed before the next event that fits (or after what the writer takes next).
+Two lanes. Events are offered by the router with `offer` (never waits) and queued, bounded in
+events and in bytes. When the queue is full, the outbox stops taking live events: it only notes
+that the events after the last queued one, up to the newest offered, are *missed* — they are in
+the log, so nothing is lost — and the writer reads that range from the log after sending the
+queue (catching up), then takes live events again. Memory per connection stays bounded by the
+queue; the missed range is two integers and the subscriptions it was missed under (a change of
+subscriptions while behind starts a new range, so every event is matched against the
+subscriptions in effect when it was published, whether it is delivered live or from the log).
+A resume (`since=`) starts the outbox with a missed range.
 Replies (acks, errors) to the connection's own actions go through `reply`, which waits when that
 lane is full: a client that floods actions without reading is slowed down, never fed gaps in its
 acks. The writer takes everything waiting at once with `take`, so a backlog leaves in one go.
+
+A peer that stops reading does not pin memory either: once events have been deferred to the log
+for `slow_consumer_seconds` without the writer getting a write through, the outbox closes with
+4008 (and the write deadline aborts a write that never finishes).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 
-from ipt_bus import codec
 from ipt_bus.errors import CloseCode
 
-_GAP: Final = -1.0  # `accepted_at` marker of a gap frame
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+MAX_MISSED_RANGES: Final = 8  # subscription changes while behind, before ranges are merged
+
+
+@attrs.frozen
+class Missed:
+    """Events in (after, upto] matching `patterns`: in the log, not yet sent."""
+
+    after: int
+    upto: int
+    patterns: tuple[str, ...]
 
 
 @attrs.frozen
 class Taken:
-    """What the writer takes in one go: replies first, then events in order."""
+    """What the writer takes in one go: replies first, then queued events, then missed ranges."""
 
     replies: list[str]
     events: list[str]
+    missed: list[Missed]  # read from the log, in order, after `events`
+    upto: int  # the newest `seq` offered so far: all of it is handed over once this is sent
     oldest_accepted_at: float | None  # trio time the oldest taken event was accepted
 
 
@@ -42,36 +65,78 @@ class Outbox:
     _replies: deque[str] = attrs.field(factory=deque)
     _waiter: trio.lowlevel.Task | None = None  # the writer, parked until there is work
     _space: trio.Event = attrs.field(factory=trio.Event)
-    _gap: tuple[int, int] | None = None
-    _full_since: float | None = None
+    _patterns: tuple[str, ...] = ("**",)  # the subscriptions, as the router last said
+    _head: int = 0  # the newest `seq` offered (or the attach point)
+    # (after, patterns) of each missed range; each ends where the next begins, the last at _head
+    _missed: list[tuple[int, tuple[str, ...]]] = attrs.field(factory=list)
+    _stalled_since: float | None = None  # events deferred, and no write got through since
     closed_code: int | None = None
     _closed: trio.Event = attrs.field(factory=trio.Event)
     offered: int = 0  # matching events the router handed over
-    dropped: int = 0  # of those, dropped because the outbox was full
+    deferred: int = 0  # of those, left in the log for the writer because the queue was full
+    dropped: int = 0  # of those, offered after the outbox closed
+    catch_ups: int = 0  # times the queue overflowed and the connection fell back on the log
+    sent: int = 0  # the newest `seq` the writer has written (or the resume point)
+    delivered: int = 0  # events the writer has written (from the queue or from the log)
+    catching_up: bool = False  # the writer is reading missed events from the log
 
     # --- router side (sync, never waits) ---
 
+    def start(self, patterns: Iterable[str], last: int, since: int | None = None) -> None:
+        """Live events follow `last`; with `since < last`, (since, last] come from the log first.
+
+        Called by the router when it attaches the outbox, before it offers anything."""
+        self._patterns = tuple(sorted(patterns))
+        self._head = self.sent = last
+        if since is not None and since < last:
+            self._missed.append((since, self._patterns))
+            self.sent = since
+
+    def resubscribed(self, patterns: Iterable[str]) -> None:
+        """The router changed the subscriptions: events offered from now on match `patterns`."""
+        self._patterns = tuple(sorted(patterns))
+        missed = self._missed
+        if not missed:
+            return
+        if missed[-1][0] == self._head:  # nothing missed under the old ones yet
+            missed[-1] = (self._head, self._patterns)
+        elif len(missed) < MAX_MISSED_RANGES:
+            missed.append((self._head, self._patterns))
+        else:  # a client toggling subscriptions while behind: bounded, at the cost of a
+            # superset for the last range (still nothing it never subscribed to)
+            after, old = missed[-1]
+            missed[-1] = (after, tuple(sorted({*old, *self._patterns})))
+
     def offer(self, data: str, seq: int, accepted_at: float) -> bool:
-        """Queue one encoded event; False (and a recorded gap) if it did not fit."""
+        """Queue one encoded event, or leave it to the log when the queue is full (or behind).
+
+        Returns False only when the outbox is closed (the event is dropped for it).
+        """
         self.offered += 1
+        if not self._missed and self.closed_code is None:
+            size = len(data)
+            if len(self._events) < self.max_events and self._bytes + size <= self.max_bytes:
+                self._events.append((data, accepted_at))
+                self._bytes += size
+                self._head = seq
+                self._wake()
+                return True
+        return self._defer(seq)
+
+    def _defer(self, seq: int) -> bool:
         if self.closed_code is not None:
             self.dropped += 1
             return False
-        size = len(data)
-        if len(self._events) >= self.max_events or self._bytes + size > self.max_bytes:
-            self.dropped += 1
-            self._gap = (self._gap[0], seq) if self._gap else (seq, seq)
-            now = trio.current_time()
-            if self._full_since is None:
-                self._full_since = now
-            elif now - self._full_since >= self.slow_consumer_seconds:
-                self.close(CloseCode.SLOW_CONSUMER)
-            return False
-        if self._gap is not None:
-            self._push_gap()
-        self._events.append((data, accepted_at))
-        self._bytes += size
-        self._wake()
+        if not self._missed:
+            self._missed.append((self._head, self._patterns))
+            self.catch_ups += 1
+        self._head = seq
+        self.deferred += 1
+        now = trio.current_time()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since >= self.slow_consumer_seconds:
+            self.close(CloseCode.SLOW_CONSUMER)
         return True
 
     def _wake(self) -> None:
@@ -91,12 +156,6 @@ class Outbox:
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def _push_gap(self) -> None:
-        assert self._gap is not None
-        frame = codec.gap_frame("slow_consumer", self._gap[0], self._gap[1])
-        self._events.append((frame, _GAP))
-        self._gap = None
 
     def close(self, code: int) -> None:
         """Ask the connection to close with `code` (first code wins)."""
@@ -122,28 +181,53 @@ class Outbox:
         self._wake()
 
     async def wait_ready(self) -> None:
-        while not (self._replies or self._events or self._gap) and self.closed_code is None:
+        while not (self._replies or self._events or self._missed) and self.closed_code is None:
             await self._park()
 
     async def take(self) -> Taken:
         """Wait for anything to send and take all of it. Returns nothing once closed."""
         await self.wait_ready()
-        if self._gap is not None:
-            self._push_gap()
+        if self.closed_code is not None:
+            return Taken([], [], [], self._head, None)
+        replies = self.take_replies()
+        oldest = self._events[0][1] if self._events else None
+        events = [data for data, _ in self._events]
+        self._events.clear()
+        self._bytes = 0
+        missed = []
+        if self._missed:
+            ends = [after for after, _ in self._missed[1:]] + [self._head]
+            missed = [Missed(a, end, p) for (a, p), end in zip(self._missed, ends, strict=True)]
+            self._missed.clear()
+        return Taken(replies, events, missed, self._head, oldest)
+
+    def take_replies(self) -> list[str]:
+        """The replies waiting now (the writer sends them between pages of a catch-up)."""
         replies = list(self._replies)
         self._replies.clear()
         self._space.set()
-        oldest = None
-        events = []
-        for data, accepted_at in self._events:
-            events.append(data)
-            if oldest is None and accepted_at != _GAP:
-                oldest = accepted_at
-        self._events.clear()
-        self._bytes = 0
-        self._full_since = None
-        return Taken(replies, events, oldest)
+        return replies
+
+    def wrote(self, upto: int, events: int) -> None:
+        """The writer got `events` more, up to `seq` `upto`, onto the socket: the peer reads."""
+        self.sent = upto
+        self.delivered += events
+        self._stalled_since = None
 
     @property
     def queued(self) -> int:
         return len(self._events)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def behind(self) -> bool:
+        """Whether the connection is catching up from the log (or about to)."""
+        return self.catching_up or bool(self._missed)
+
+    @property
+    def lag(self) -> int:
+        """How far (in `seq`) the newest event for this connection is past the last written."""
+        return max(0, self._head - self.sent)

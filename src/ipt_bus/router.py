@@ -5,13 +5,15 @@ commands waiting in the inbox are drained and handed to the log as one `append` 
 for durable logs); only once the log has them are they acknowledged and fanned out, so no
 subscriber ever sees a `seq` that could vanish. Fan-out is sync: each event was encoded once by
 the log, its topic is looked up in a per-topic cache of target outboxes (rebuilt lazily after any
-subscription change), and each target gets `Outbox.offer`, which never waits. The router never
+subscription change), and each target gets `Outbox.offer`, which never waits: a full outbox
+leaves the event in the log for its connection to read when it catches up. The router never
 awaits a subscriber; only the log append awaits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,11 +44,22 @@ class Publish:
     key: str | None = None  # idempotency key: a repeat within the window gets the first answer
 
 
+@attrs.define
+class Peer:
+    """What `/connections` shows of a connection besides its outbox and subscriptions."""
+
+    remote: str | None
+    connected_at: float  # Unix seconds
+    batch: bool = False  # kept current by the connection
+
+
 @attrs.frozen
 class Attach:
     conn_id: ConnId
     outbox: Outbox
     patterns: Sequence[str]
+    since: int | None  # resume: the events after it up to the attach point come from the log
+    peer: Peer
     reply: trio.MemorySendChannel[int | Exception]
 
 
@@ -82,6 +95,7 @@ class Router:
     _max_subscriptions: int
     _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
+    _peers: dict[ConnId, Peer] = attrs.field(factory=dict)
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _idle: trio.Event = attrs.field(factory=trio.Event)  # set while no connection is attached
     _closing: int | None = None  # CloseAll code: connections attaching now are closed at once
@@ -200,7 +214,7 @@ class Router:
                         dropped += 1
         self._stats.record(Accepted(len(records), dict(per_topic), time.time()))
         if dropped:
-            self._stats.record(Dropped("slow_consumer", dropped))
+            self._stats.record(Dropped("closing", dropped))
 
     def _on_attach(self, command: Attach) -> None:
         if self._idle.is_set():
@@ -212,9 +226,12 @@ class Router:
             del self._outboxes[command.conn_id]
             _answer(command.reply, exc)
             return
+        self._peers[command.conn_id] = command.peer
+        last = self._log.last_seq
+        command.outbox.start(self._index.patterns(command.conn_id), last, command.since)
         if self._closing is not None:
             command.outbox.close(self._closing)
-        _answer(command.reply, self._log.last_seq)
+        _answer(command.reply, last)
 
     def _add(self, conn_id: ConnId, patterns: Sequence[str]) -> None:
         new = set(patterns) - self._index.patterns(conn_id)
@@ -242,17 +259,39 @@ class Router:
             for pattern in command.patterns:
                 self._index.remove(command.conn_id, pattern)
             self._targets.clear()
-        _answer(command.reply, self._index.patterns(command.conn_id))
+        held = self._index.patterns(command.conn_id)
+        self._outboxes[command.conn_id].resubscribed(held)
+        _answer(command.reply, held)
 
     def _on_detach(self, command: Detach) -> None:
         if self._outboxes.pop(command.conn_id, None) is not None:
+            del self._peers[command.conn_id]
             self._index.remove_key(command.conn_id)
             self._targets.clear()
         if not self._outboxes:
             self._idle.set()
 
     def statistics(self) -> RouterStatistics:
-        return RouterStatistics(connections=len(self._outboxes))
+        outboxes = self._outboxes.values()
+        return RouterStatistics(
+            connections=len(outboxes),
+            catching_up=sum(o.behind for o in outboxes),
+            max_lag=max((o.lag for o in outboxes), default=0),
+        )
+
+    def connections(self, offset: int, limit: int) -> list[ConnectionView]:
+        """The attached connections in the order they came, `limit` of them from `offset`."""
+        views = []
+        for conn_id in itertools.islice(self._outboxes, offset, offset + limit):
+            views.append(
+                ConnectionView(
+                    id=conn_id,
+                    peer=self._peers[conn_id],
+                    subscriptions=sorted(self._index.patterns(conn_id)),
+                    outbox=self._outboxes[conn_id],
+                )
+            )
+        return views
 
     async def wait_idle(self) -> None:
         while self._outboxes:
@@ -262,6 +301,18 @@ class Router:
 @attrs.frozen
 class RouterStatistics:
     connections: int
+    catching_up: int  # connections reading missed events from the log
+    max_lag: int  # the largest `Outbox.lag` (in seq)
+
+
+@attrs.frozen
+class ConnectionView:
+    """One connection as `/connections` shows it (read at once; the outbox is live)."""
+
+    id: ConnId
+    peer: Peer
+    subscriptions: list[str]
+    outbox: Outbox
 
 
 async def wait_published(
@@ -357,13 +408,22 @@ class RouterHandle:
             return
         raise Overloaded(f"the bus did not take the events within {timeout:g} s")
 
-    async def attach(self, conn_id: ConnId, outbox: Outbox, patterns: Sequence[str]) -> int:
+    async def attach(
+        self,
+        conn_id: ConnId,
+        outbox: Outbox,
+        patterns: Sequence[str],
+        *,
+        since: int | None = None,
+        peer: Peer | None = None,
+    ) -> int:
         """Register a connection; returns the log's last `seq` at that moment.
 
-        Every event after that `seq` that matches reaches the outbox; the ones up to it are the
-        caller's to read from the log (resume).
+        Every event after that `seq` that matches reaches the outbox; with `since`, the outbox
+        starts with (since, last] missed, for its writer to read from the log (resume).
         """
-        reply = await self._request(lambda s: Attach(conn_id, outbox, patterns, s))
+        who = peer or Peer(None, time.time())
+        reply = await self._request(lambda s: Attach(conn_id, outbox, patterns, since, who, s))
         assert isinstance(reply, int)
         return reply
 
@@ -422,6 +482,9 @@ class RouterHandle:
 
     def statistics(self) -> RouterStatistics:
         return self._router.statistics()
+
+    def connections(self, offset: int = 0, limit: int = 100) -> list[ConnectionView]:
+        return self._router.connections(offset, limit)
 
     async def wait_idle(self) -> None:
         """Wait until no connection is attached."""

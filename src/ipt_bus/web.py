@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 import attrs
@@ -36,6 +36,9 @@ from ipt_bus.ingest import JSON, error_body, error_parts, post_events, publish_b
 from ipt_bus.stats import Refused
 from ipt_bus.storage.base import DeadLetter, Query
 from ipt_bus.topics import parse_patterns
+
+if TYPE_CHECKING:
+    from ipt_bus.router import ConnectionView
 
 log = logging.getLogger("ipt_bus.web")
 
@@ -138,7 +141,9 @@ class BusApp(QuartTrio):
         bus.websockets += 1
         try:
             await send({"type": "websocket.accept"})
-            await Connection(AsgiWebSocket(receive, send), bus, params).run()
+            remote = scope.get("client")
+            peer = f"{remote[0]}:{remote[1]}" if remote else None
+            await Connection(AsgiWebSocket(receive, send), bus, params, peer).run()
         finally:
             bus.websockets -= 1
 
@@ -483,10 +488,35 @@ def _routes(app: BusApp) -> None:
                 },
             }
         snap["dead_letters"] = bus.dead_letters.stats()
+        router = bus.router.statistics()
+        counters = snap["counters"]
+        snap["catch_up"] = {
+            "catch_ups": counters.get("catch_ups", 0),
+            "events_read": counters.get("catch_up_events", 0),
+            "connections_catching_up": router.catching_up,
+            "max_lag": router.max_lag,
+        }
         # every connection's tasks live in nurseries: a count back at its baseline after a
         # storm of connections is the check that none outlived its connection (RELIABILITY C14)
         snap["tasks"] = trio.lowlevel.current_statistics().tasks_living
         return json_response(snap)
+
+    @app.get("/connections")
+    async def get_connections() -> Response:
+        bus = _bus(app)
+        query = {k: request.args.getlist(k) for k in request.args}
+        _only(query, ("limit", "offset"))
+        limit = _int_param(query, "limit", minimum=1, maximum=bus.config.max_query_limit) or 100
+        offset = _int_param(query, "offset", minimum=0) or 0
+        views = bus.router.connections(offset, limit)
+        return json_response(
+            {
+                "connections": [_connection_json(v) for v in views],
+                "count": len(views),
+                "total": bus.router.statistics().connections,
+                "offset": offset,
+            }
+        )
 
     @app.get("/health")
     async def get_health() -> Response:
@@ -574,6 +604,24 @@ def _time_param(query: dict[str, list[str]], name: str) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def _connection_json(view: ConnectionView) -> dict[str, Any]:
+    outbox = view.outbox
+    return {
+        "id": view.id,
+        "remote": view.peer.remote,
+        "connected_at": _iso(view.peer.connected_at),
+        "subscriptions": view.subscriptions,
+        "batch": view.peer.batch,
+        "state": "catching_up" if outbox.behind else "live",
+        "lag": outbox.lag,
+        "outbox": {"events": outbox.queued, "bytes": outbox.queued_bytes},
+        "delivered": outbox.delivered,
+        "deferred": outbox.deferred,
+        "catch_ups": outbox.catch_ups,
+        "dropped": outbox.dropped,
+    }
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, Any]:

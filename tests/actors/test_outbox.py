@@ -4,7 +4,7 @@ import orjson
 import trio
 import trio.testing
 
-from ipt_bus.outbox import Outbox, Taken
+from ipt_bus.outbox import MAX_MISSED_RANGES, Missed, Outbox, Taken
 
 
 def make(max_events: int = 3, max_bytes: int = 1_000, max_replies: int = 2) -> Outbox:
@@ -24,46 +24,90 @@ async def test_offer_and_take_in_order() -> None:
     assert taken.oldest_accepted_at == 0.0
 
 
-async def test_full_outbox_drops_and_announces_the_gap_before_the_next_event() -> None:
+async def test_a_full_outbox_leaves_what_follows_to_the_log() -> None:
     box = make(max_events=2)
+    box.start(["**"], 0)
     for seq in range(1, 6):
-        box.offer(f'{{"seq":{seq}}}', seq, 0.0)
-    assert (box.offered, box.dropped) == (5, 3)
+        assert box.offer(f'{{"seq":{seq}}}', seq, 0.0)
+    assert (box.offered, box.deferred, box.dropped, box.catch_ups) == (5, 3, 0, 1)
+    assert box.behind
+    assert box.lag == 5
     first = await box.take()
-    # what was queued, then the gap for what could not be (nothing newer fitted yet)
-    assert frames(first.events) == [
-        {"seq": 1},
-        {"seq": 2},
-        {"action": "gap", "reason": "slow_consumer", "from_seq": 3, "to_seq": 5},
-    ]
-    box.offer('{"seq":6}', 6, 0.0)
-    assert frames((await box.take()).events) == [{"seq": 6}]
+    # what was queued, then the range to read from the log (no gap: nothing is lost)
+    assert frames(first.events) == [{"seq": 1}, {"seq": 2}]
+    assert first.missed == [Missed(2, 5, ("**",))]
+    assert first.upto == 5
+    box.wrote(5, 5)
+    assert (box.lag, box.delivered) == (0, 5)
+    box.offer('{"seq":6}', 6, 0.0)  # live again
+    assert not behind(box)
+    taken = await box.take()
+    assert frames(taken.events) == [{"seq": 6}]
+    assert taken.missed == []
 
 
-async def test_gap_is_placed_before_the_next_event_that_fits() -> None:
+async def test_once_behind_it_takes_no_live_event_until_the_writer_took_the_range() -> None:
     box = make(max_events=10, max_bytes=40)
+    box.start(["**"], 0)
     box.offer('{"seq":1}', 1, 0.0)
-    assert not box.offer('{"seq":2,"blob":"' + "x" * 40 + '"}', 2, 0.0)  # over the byte bound
-    assert box.offer('{"seq":3}', 3, 0.0)
-    assert frames((await box.take()).events) == [
-        {"seq": 1},
-        {"action": "gap", "reason": "slow_consumer", "from_seq": 2, "to_seq": 2},
-        {"seq": 3},
-    ]
+    box.offer('{"seq":2,"blob":"' + "x" * 40 + '"}', 2, 0.0)  # over the byte bound
+    box.offer('{"seq":3}', 3, 0.0)  # would fit, but must not overtake 2
+    taken = await box.take()
+    assert frames(taken.events) == [{"seq": 1}]
+    assert taken.missed == [Missed(1, 3, ("**",))]
+
+
+async def test_a_subscription_change_while_behind_starts_a_new_range() -> None:
+    box = make(max_events=1)
+    box.start(["a"], 0)
+    box.offer("1", 1, 0.0)
+    box.offer("2", 2, 0.0)  # behind from here, under ["a"]
+    box.resubscribed(["a", "b"])
+    box.resubscribed(["b"])  # nothing missed under ["a", "b"]: that range is replaced
+    box.offer("4", 4, 0.0)
+    taken = await box.take()
+    assert taken.missed == [Missed(1, 2, ("a",)), Missed(2, 4, ("b",))]
+
+
+async def test_subscription_ranges_are_bounded() -> None:
+    box = make(max_events=1)
+    box.start(["p0"], 0)
+    box.offer("1", 1, 0.0)
+    for seq in range(2, 30):
+        box.offer(str(seq), seq, 0.0)
+        box.resubscribed([f"p{seq}"])
+    taken = await box.take()
+    assert len(taken.missed) == MAX_MISSED_RANGES
+    assert [m.upto for m in taken.missed][-1] == 29
+    assert "p29" in taken.missed[-1].patterns  # the last range reads a superset, never less
+    assert "p9" in taken.missed[-1].patterns
+
+
+async def test_a_resume_starts_with_the_history_missed() -> None:
+    box = make()
+    box.start(["task.*"], 40, since=10)
+    assert box.lag == 30
+    with trio.fail_after(1):
+        taken = await box.take()
+    assert taken.missed == [Missed(10, 40, ("task.*",))]
+    assert box.offer("41", 41, 0.0)
+    assert (await box.take()).events == ["41"]
 
 
 async def test_byte_bound() -> None:
     box = make(max_events=100, max_bytes=20)
     assert box.offer("x" * 15, 1, 0.0)
-    assert not box.offer("y" * 15, 2, 0.0)
+    assert box.offer("y" * 15, 2, 0.0)
+    assert box.queued == 1
+    assert box.deferred == 1
 
 
-async def test_outbox_full_for_the_timeout_closes_with_4008(
+async def test_deferring_with_no_write_for_the_timeout_closes_with_4008(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     box = make(max_events=1)
     box.offer("1", 1, 0.0)
-    box.offer("2", 2, 0.0)  # full since now
+    box.offer("2", 2, 0.0)  # behind since now
     await trio.sleep(9.9)
     box.offer("3", 3, 0.0)
     assert closed_code(box) is None
@@ -71,19 +115,23 @@ async def test_outbox_full_for_the_timeout_closes_with_4008(
     box.offer("4", 4, 0.0)
     assert closed_code(box) == 4008
     assert await box.wait_closed() == 4008
+    assert not box.offer("5", 5, 0.0)  # closed: dropped
+    assert box.dropped == 1
 
 
-async def test_draining_resets_the_slow_consumer_timer(
+async def test_a_write_getting_through_resets_the_slow_consumer_timer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     box = make(max_events=1)
     box.offer("1", 1, 0.0)
     box.offer("2", 2, 0.0)
     await trio.sleep(9)
-    await box.take()
+    await box.take()  # taking alone is not progress: the socket may still be stuck
+    box.wrote(2, 1)
     box.offer("3", 3, 0.0)
+    box.offer("4", 4, 0.0)
     await trio.sleep(9)
-    box.offer("4", 4, 0.0)  # full again, but only just
+    box.offer("5", 5, 0.0)  # deferring again, but only for 9 s
     assert box.closed_code is None
 
 
@@ -120,6 +168,12 @@ async def test_take_returns_empty_once_closed() -> None:
     taken = result[0]
     assert taken.replies == []
     assert taken.events == []
+    assert taken.missed == []
+
+
+def behind(box: Outbox) -> bool:
+    """Read afresh (as `closed_code`)."""
+    return box.behind
 
 
 def closed_code(box: Outbox) -> int | None:

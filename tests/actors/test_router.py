@@ -94,16 +94,44 @@ async def test_detach_stops_delivery(actors: Actors) -> None:
     assert outbox.offered == 0
 
 
-async def test_slow_outbox_loses_only_its_own_events(actors: Actors) -> None:
+async def test_a_full_outbox_falls_back_on_the_log_and_others_are_unaffected(
+    actors: Actors,
+) -> None:
     router, stats, _ = actors
     slow, healthy = box(max_events=2), box()
     await router.attach(1, slow, ["**"])
     await router.attach(2, healthy, ["**"])
     await router.publish([ev("a", i) for i in range(5)], timeout=5)
     assert await seqs(healthy) == [1, 2, 3, 4, 5]
-    assert (slow.offered, slow.dropped) == (5, 3)
+    assert (slow.offered, slow.deferred, slow.dropped) == (5, 3, 0)
+    assert router.statistics().catching_up == 1
+    assert router.statistics().max_lag == 5
+    taken = await slow.take()
+    assert [(m.after, m.upto) for m in taken.missed] == [(2, 5)]
     snap = await stats.snapshot()
-    assert snap["events_dropped"] == {"total": 3, "by_reason": {"slow_consumer": 3}}
+    assert snap["events_dropped"] == {"total": 0, "by_reason": {}}
+
+
+async def test_a_closed_outbox_drops_what_still_matches_and_it_is_counted(actors: Actors) -> None:
+    router, stats, _ = actors
+    closing = box()
+    await router.attach(1, closing, ["**"])
+    closing.close(1001)
+    await router.publish([ev("a", i) for i in range(3)], timeout=5)
+    assert closing.dropped == 3
+    snap = await stats.snapshot()
+    assert snap["events_dropped"] == {"total": 3, "by_reason": {"closing": 3}}
+
+
+async def test_attach_with_since_starts_with_the_history_missed(actors: Actors) -> None:
+    router, _, _ = actors
+    await router.publish([ev("a", i) for i in range(4)], timeout=5)
+    resumed = box()
+    assert await router.attach(1, resumed, ["a"], since=1) == 4
+    taken = await resumed.take()
+    assert [(m.after, m.upto, m.patterns) for m in taken.missed] == [(1, 4, ("a",))]
+    views = router.connections()
+    assert [(v.id, v.subscriptions, v.outbox is resumed) for v in views] == [(1, ["a"], True)]
 
 
 async def test_publishers_wait_when_the_router_is_saturated(

@@ -90,6 +90,17 @@ async def test_rest_md_commands_run(tmp_path: Path) -> None:
                 assert "error" not in body, (command, body)
 
 
+async def test_rest_md_connections_example_has_the_real_shape() -> None:
+    (documented,) = [b for b in blocks("rest.md", "json") if b.startswith('{"connections"')]
+    async with (
+        running_server() as server,
+        ws(server, "topics=task.*"),
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        real = (await http.get("/connections")).json()
+    assert same_shape(shape(orjson.loads(documented)), real), real
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_readme_tour_runs() -> None:
     readme = (DOCS.parent / "README.md").read_text()

@@ -72,7 +72,7 @@ class HistoryLost(ClientError):
 
 @attrs.frozen
 class Gap:
-    reason: str  # retention | epoch | slow_consumer
+    reason: str  # retention | epoch
     from_seq: int
     to_seq: int | None
     epoch: str | None = None

@@ -6,9 +6,9 @@ on, reads the `welcome`, (re)sends every publish still waiting for its ack, then
 to the handlers (and to `events()`), acks and errors resolve the requests waiting for them. When
 the connection drops it reconnects with backoff and resumes from the last `seq` it delivered
 (`since=` + `epoch=`), so nothing is missed or delivered twice while the bus's log covers it; a
-`gap` the log cannot fill (retention, a new epoch) goes to `on_gap` callbacks, or ends the
-session with `HistoryLost`. A `slow_consumer` gap is filled from the log over REST before the
-next live event is handled.
+`gap` (events the log no longer holds, or a new epoch) goes to `on_gap` callbacks, or ends the
+session with `HistoryLost`. A client that reads slower than events arrive loses nothing: the
+bus itself sends what it missed from the log.
 
 The session runs either in the foreground (`listen_async()`, as the specification's example)
 or in the background of ``async with client:`` (then `events()`, `publish()`, `subscribe()`).
@@ -286,10 +286,6 @@ class EventBusClient:
 
     async def _on_gap(self, frame: dict[str, Any]) -> None:
         gap = Gap(frame["reason"], frame["from_seq"], frame.get("to_seq"), frame.get("epoch"))
-        if gap.reason == "slow_consumer" and gap.to_seq is not None:
-            if await self._fill(gap.from_seq - 1, gap.to_seq):
-                return
-            gap = attrs.evolve(gap, reason="retention")
         if gap.reason == "epoch":
             self.last_seq = 0  # the log started over: everything in it is new to us
             self.epoch = gap.epoch
@@ -301,26 +297,6 @@ class EventBusClient:
             result = handler(gap)
             if inspect.isawaitable(result):
                 await result
-
-    async def _fill(self, since: int, until: int) -> bool:
-        """Deliver events `since`+1..`until` from the log (after a slow-consumer gap); False if
-        the log no longer has all of them."""
-        http = self._client()
-        while since < until:
-            params: dict[str, Any] = {"since": since, "limit": 1000}
-            if self.topics:
-                params["topic"] = ",".join(self.topics)
-            body = (await http.get("/events", params=params)).json()
-            if body.get("gaps"):
-                return False
-            for obj in body["events"]:
-                if obj["seq"] > until:
-                    return True
-                await self._deliver(_common.event_from_bus(obj))
-            if not body["events"]:
-                return True
-            since = body["next"]
-        return True
 
     # --- receiving with `async for` ---------------------------------------------------------
 

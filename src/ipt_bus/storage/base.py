@@ -9,9 +9,10 @@ Contract:
   key's publish got while the key is inside the dedupe window (for durable logs, across restarts).
 - `epoch` changes whenever the log starts over (a new memory log, a new database): a `seq` from
   another epoch means nothing here.
-- `read_after(since, query, limit)` returns the oldest matching events with `seq > since`, at most
-  `limit`, and the cursor to continue from; `read_latest(query, limit)` the newest `limit`
-  matching ones, in ascending order. `limit=0` returns none.
+- `read_after(since, query, limit, until=None)` returns the oldest matching events with
+  `since < seq <= until` (no upper bound when `until` is None), at most `limit`, and the cursor
+  to continue from; `read_latest(query, limit)` the newest `limit` matching ones, in ascending
+  order. `limit=0` returns none.
 - `first_seq` is the oldest retained `seq` (`last_seq + 1` when empty); `last_seq` is 0 when
   nothing was ever appended. A reader asking for `since < first_seq - 1` has lost history:
   that is the caller's to announce (a `gap` with reason `retention`).
@@ -110,7 +111,9 @@ class EventLog(Protocol):
 
     def recall(self, key: str) -> list[Published] | None: ...
 
-    async def read_after(self, since: int, query: Query, limit: int) -> Page: ...
+    async def read_after(
+        self, since: int, query: Query, limit: int, *, until: int | None = None
+    ) -> Page: ...
 
     async def read_latest(self, query: Query, limit: int) -> list[Record]: ...
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
+import trio
 
 from ipt_bus.codec import encode_event
 from ipt_bus.model import Event, Published
@@ -15,6 +16,9 @@ from ipt_bus.storage.base import Key, KeyWindow, LogStats, Page, Query, Record, 
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+SCAN_EVENTS: Final = 10_000  # ring entries one read examines at most
 
 
 @attrs.define
@@ -80,18 +84,28 @@ class MemoryLog:
         assert entry is not None
         return entry
 
-    async def read_after(self, since: int, query: Query, limit: int) -> Page:
+    async def read_after(
+        self, since: int, query: Query, limit: int, *, until: int | None = None
+    ) -> Page:
         out: list[Record] = []
         first = self.first_seq
         seq = max(since + 1, first)
-        last = self._last
+        last = self._last if until is None else min(until, self._last)
         while seq <= last and len(out) < limit:
-            record, event = self._get(seq)
-            if query.matches(event):
-                out.append(record)
-            seq += 1
-        next_since = out[-1].seq if len(out) == limit and out else max(since, last)
-        return Page(out, next_since, first)
+            # on the event loop: a sparse filter over a large ring lets others run between
+            # stretches (retention cannot move meanwhile: the ring only moves by appends,
+            # and those are read too if they land before `last`)
+            end = min(last, seq + SCAN_EVENTS - 1)
+            while seq <= end and len(out) < limit:
+                record, event = self._get(seq)
+                if query.matches(event):
+                    out.append(record)
+                seq += 1
+            if seq <= last and len(out) < limit:
+                await trio.lowlevel.checkpoint()
+                if seq < self.first_seq:  # the ring moved past what is left to read
+                    break
+        return Page(out, max(since, seq - 1), first)
 
     async def read_latest(self, query: Query, limit: int) -> list[Record]:
         out: list[Record] = []

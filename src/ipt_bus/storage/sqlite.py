@@ -265,23 +265,31 @@ class SqliteLog:
     def recall(self, key: str) -> list[Published] | None:
         return self._keys.get(key, self.clock())
 
-    async def read_after(self, since: int, query: Query, limit: int) -> Page:
-        last = self._last
-        records, first = await self._reader.call(partial(self._read, since, query, limit, False))
-        if len(records) == limit and records:
-            return Page(records, records[-1].seq, first)
+    async def read_after(
+        self, since: int, query: Query, limit: int, *, until: int | None = None
+    ) -> Page:
+        last = self._last if until is None else min(until, self._last)
+        read = partial(self._read, since, query, limit, False, until)
+        records, first = await self._reader.call(read)
+        if len(records) == limit:  # more may follow (limit 0: nothing was examined)
+            return Page(records, records[-1].seq if records else since, first)
         return Page(records, max(since, last, records[-1].seq if records else 0), first)
 
     async def read_latest(self, query: Query, limit: int) -> list[Record]:
-        read = partial(self._read, self._last + 1, query, limit, True)
+        read = partial(self._read, self._last + 1, query, limit, True, None)
         records, _ = await self._reader.call(read)
         records.reverse()
         return records
 
-    def _read(self, start: int, query: Query, limit: int, newest: bool) -> tuple[list[Record], int]:
-        """Matching records after `start` (or before it, newest first) and the oldest retained
-        `seq`, from one snapshot."""
+    def _read(
+        self, start: int, query: Query, limit: int, newest: bool, until: int | None
+    ) -> tuple[list[Record], int]:
+        """Matching records after `start` up to `until` (or before `start`, newest first) and the
+        oldest retained `seq`, from one snapshot."""
         where, params, exact = _where(query)
+        if until is not None:
+            where += " AND seq <= ?"
+            params.append(until)
         op, order = ("<", "DESC") if newest else (">", "ASC")
         sql = (
             f"SELECT seq, topic, data FROM events WHERE seq {op} ?{where} "
