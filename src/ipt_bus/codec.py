@@ -168,7 +168,14 @@ def _timestamp(value: Any, field: str) -> datetime | None:
         ) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"'timestamp' is out of range in UTC: {value[:64]!r} (years 1 to 9999)",
+            field,
+        ) from None
 
 
 def _label(value: Any, field: str) -> str | None:

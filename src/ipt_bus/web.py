@@ -9,6 +9,7 @@ in the same app object, on the same port. Every error is JSON; request bodies ar
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -590,9 +591,15 @@ def _time_param(query: dict[str, list[str]], name: str) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ProtocolError(
+                ErrorCode.INVALID_QUERY, f"{name} must be a finite number of seconds", name
+            )
+        return seconds
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:

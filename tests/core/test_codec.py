@@ -53,6 +53,8 @@ def test_offsets_become_utc() -> None:
         ({"payload": "x"}, ErrorCode.INVALID_FIELD, "payload"),
         ({"timestamp": "yesterday"}, ErrorCode.INVALID_FIELD, "timestamp"),
         ({"timestamp": 5}, ErrorCode.INVALID_FIELD, "timestamp"),
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, ErrorCode.INVALID_FIELD, "timestamp"),
+        ({"timestamp": "9999-12-31T23:59:59-01:00"}, ErrorCode.INVALID_FIELD, "timestamp"),
         ({"source": 5}, ErrorCode.INVALID_FIELD, "source"),
         ({"correlation_id": "x" * 257}, ErrorCode.INVALID_FIELD, "correlation_id"),
     ],

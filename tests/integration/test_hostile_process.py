@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import rawws
-from tests.integration.test_launch import free_port
+from tests.processes import Served, serve_process
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -25,57 +21,11 @@ MiB = 1024 * 1024
 LIMIT = int(1.25 * MiB)  # the default max_message_bytes
 
 
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(key)
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
-        self.rss_before_fuzz = 0
-
-    def rss(self) -> int:
-        return _status(self.proc.pid, "VmRSS:")
-
-    def peak(self) -> int:
-        return _status(self.proc.pid, "VmHWM:")
-
-    def health(self) -> int:
-        return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=10).status_code
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port = free_port()
-    served_dir = tmp_path_factory.mktemp("served")
-    log = served_dir / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # module-scoped: before the autouse data-dir fixture applies
-            [
-                str(Path(sys.executable).parent / "ipt-bus"),
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(served_dir / "data"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                trio.run(trio.sleep, 0.05)  # polling the server's start with a bound
-        yield Served(proc, port, log)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    # module-scoped: before the autouse data-dir fixture applies, so its data dir is given here
+    with serve_process(tmp_path_factory.mktemp("served")) as server:
+        yield server
 
 
 async def _bomb(port: int, data: bytes, offer_deflate: bool) -> None:

@@ -131,6 +131,9 @@ async def test_wildcard_topic_queries(http: httpx.AsyncClient) -> None:
         ("since=x", "since"),
         ("topic=a..b", "topic"),
         ("colour=red", "colour"),
+        ("from=nan", "from"),
+        ("to=1e400", "to"),
+        ("from=yesterday", "from"),
     ],
 )
 async def test_bad_queries_are_400_json(http: httpx.AsyncClient, query: str, field: str) -> None:
