@@ -25,6 +25,8 @@ Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
 - Close codes for bad frames: wsproto reports a frame it cannot parse (invalid UTF-8: 1007, a
   protocol error: 1002) as a close while the connection is still open, and hypercorn then drops
   the socket without a close frame. Here the peer is sent a close frame with that code first.
+- The peer's close code: hypercorn tells the app 1006 when the client closed first, whatever
+  code the client sent; here the app is told the client's code (1000 for a clean close).
 - Message deadline: a message must be complete within `message_deadline_seconds` of its first
   fragment, checked as fragments arrive, so a peer trickling a frame is cut off (hypercorn has
   no such bound; ASGI cannot see fragments). It is closed like an oversized message, with 1009.
@@ -155,7 +157,19 @@ def _closed_event(stream: WSStream) -> trio.Event:
 
 
 async def _handle(self: WSStream, event: Any) -> None:
-    await _original_handle(self, event)
+    peer_code = getattr(self, "ipt_bus_peer_close_code", None)
+    if (
+        isinstance(event, StreamClosed)
+        and peer_code is not None
+        and not self.closed
+        and self.app_put is not None
+        and self.state == ASGIWebsocketState.CONNECTED
+    ):
+        # the peer closed first: the app is told the code it sent (hypercorn says 1006)
+        self.closed = True
+        await self.app_put({"type": "websocket.disconnect", "code": peer_code})
+    else:
+        await _original_handle(self, event)
     if self.closed:
         _closed_event(self).set()
 
@@ -236,6 +250,7 @@ async def _handle_events(self: WSStream) -> None:
         elif isinstance(event, Ping):
             await self._send_wsproto_event(event.response())
         elif isinstance(event, CloseConnection):
+            self.ipt_bus_peer_close_code = event.code  # type: ignore[attr-defined]  # our field
             if self.connection.state == ConnectionState.REMOTE_CLOSING:
                 await self._send_wsproto_event(event.response())
             elif self.connection.state == ConnectionState.OPEN:

@@ -13,6 +13,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from ipt_bus import _hypercorn
+from tests import rawws
 from tests.conftest import (
     closed_code,
     event,
@@ -584,3 +585,20 @@ async def _closed_count(http: httpx.AsyncClient) -> bool:
 
 def test_socket_module_available() -> None:
     assert socket.AF_INET
+
+
+async def test_stats_count_the_close_code_the_client_sent() -> None:
+    async with (
+        running_server() as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        for code in (1000, 4000):
+            async with open_websocket_url(server.ws_url) as conn:
+                await conn.get_message()
+                await conn.aclose(code)
+        peer = await rawws.connect(*rawws.host_port(server.url), "/ws")
+        await peer.read_frame()  # welcome
+        await peer.stream.aclose()  # no close frame at all
+        await wait_for(lambda: server.bus.router.statistics().connections == 0)
+        closes = (await http.get("/stats")).json()["connection_stability"]["closes_total"]
+    assert closes == {"1000": 1, "4000": 1, "1006": 1}
