@@ -33,7 +33,15 @@ from ipt_bus.errors import (
     ProtocolError,
     StorageError,
 )
-from ipt_bus.ingest import JSON, error_body, error_parts, post_events, publish_body, require_json
+from ipt_bus.ingest import (
+    DISCARD_SECONDS,
+    JSON,
+    error_body,
+    error_parts,
+    post_events,
+    publish_body,
+    require_json,
+)
 from ipt_bus.stats import Refused
 from ipt_bus.storage.base import DeadLetter, Query
 from ipt_bus.topics import parse_patterns
@@ -99,6 +107,8 @@ class BusApp(QuartTrio):
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/events" and scope["method"] == "POST":
             await post_events(self.bus, scope, receive, send)
+        elif scope["type"] == "http":
+            await super().__call__(scope, *_body_read_before_answer(receive, send))
         else:
             await super().__call__(scope, receive, send)
 
@@ -147,6 +157,34 @@ class BusApp(QuartTrio):
             await Connection(AsgiWebSocket(receive, send), bus, params, peer).run()
         finally:
             bus.websockets -= 1
+
+
+def _body_read_before_answer(receive: Any, send: Any) -> tuple[Any, Any]:
+    """ASGI callables that hold an answer back until the request body has arrived.
+
+    Quart reads the body in a task of its own and stops it once the answer is sent; a route that
+    answers without needing the body (a 404, `/dlq/{id}/retry`, `GET /stats`) would leave the
+    rest unread and the next request on that keep-alive connection stuck or reset. So the answer
+    waits (at most `DISCARD_SECONDS`) for the body's last chunk to be read, and where it does not
+    come it says `Connection: close`.
+    """
+    ended = trio.Event()
+
+    async def tracked_receive() -> Any:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            ended.set()
+        return message
+
+    async def held_send(message: Any) -> None:
+        if message["type"] == "http.response.start" and not ended.is_set():
+            with trio.move_on_after(DISCARD_SECONDS):
+                await ended.wait()
+            if not ended.is_set():
+                message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+        await send(message)
+
+    return tracked_receive, held_send
 
 
 def _header(scope: Any, name: bytes) -> str | None:

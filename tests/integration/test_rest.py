@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 import pytest
+import trio
 
 from ipt_bus.web import STANDARD_TOPICS, create_app
+from tests import rawws
 from tests.conftest import event, running_server, wait_for
 
 if TYPE_CHECKING:
@@ -289,3 +292,63 @@ async def test_the_bus_can_publish_its_own_warnings() -> None:
         (event,) = await logged()
         assert event["payload"]["message"] == "disk is at 91%"
         assert event["topic"] == "logs.warning"
+
+
+async def _exchange(
+    stream: trio.SocketStream, method: str, path: str, body: bytes, *, length: int | None = None
+) -> bytes:
+    """Send one request (all of `body`, announcing `length`) and read its whole answer."""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: bus\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
+    ).encode()
+    answer = b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, head + body)
+        with trio.fail_after(10):
+            while True:
+                head_end = answer.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    size = int(re.search(rb"(?i)content-length: *(\d+)", answer)[1])  # type: ignore[index]
+                    if len(answer) >= head_end + 4 + size:
+                        return answer
+                chunk = await stream.receive_some(65536)
+                assert chunk, (method, path, answer)
+                answer += chunk
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/dlq/999/retry"),
+        ("DELETE", "/dlq/999"),
+        ("GET", "/stats"),
+        ("GET", "/events"),
+        ("POST", "/events"),
+        ("POST", "/broadcast"),
+        ("PUT", "/events"),
+        ("POST", "/nowhere"),
+        ("POST", "/ws"),
+    ],
+)
+async def test_a_large_unread_body_leaves_the_connection_usable(
+    server: Server, method: str, path: str
+) -> None:
+    """Issue 11 item 6: every route reads (or closes) what it did not need of a body."""
+    stream = await trio.open_tcp_stream(*rawws.host_port(server.url))
+    async with stream:
+        first = await _exchange(stream, method, path, b"x" * 2_000_000)
+        assert first.startswith((b"HTTP/1.1 200", b"HTTP/1.1 4")), first[:100]
+        second = await _exchange(stream, "GET", "/health", b"")
+        assert second.startswith(b"HTTP/1.1 200"), second[:200]
+
+
+async def test_a_body_that_never_arrives_gets_its_answer_and_connection_close(
+    server: Server,
+) -> None:
+    stream = await trio.open_tcp_stream(*rawws.host_port(server.url))
+    async with stream:
+        answer = await _exchange(stream, "GET", "/stats", b"x" * 1000, length=2_000_000)
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 200")
+        assert b"connection: close" in head
