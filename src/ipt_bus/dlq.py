@@ -9,6 +9,9 @@ bytes and age; the oldest go first, and that too is counted. A durable log persi
 Writes to the store are batched: `add` and `remove` only change memory and mark what changed,
 and `flush` (run every second by the bus, and at shutdown) writes all of it in one transaction.
 So a client flooding invalid publishes costs one small transaction a second, not one per frame.
+
+Sizes are UTF-8 bytes of what each entry holds (its raw text and message), not characters: 800 KB
+of four-byte characters is 3.2 MB here, as in memory and on disk.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class DeadLetters:
         factory=collections.OrderedDict
     )
     _bytes: int = 0
+    _sizes: dict[int, int] = attrs.field(factory=dict)  # id -> bytes it holds
     _next_id: int = 1
     _changed: set[int] = attrs.field(factory=set)  # ids to write or delete at the next flush
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
@@ -52,7 +56,7 @@ class DeadLetters:
         """Take the entries a durable log held at start-up."""
         for letter in letters:
             self._entries[letter.id] = letter
-            self._bytes += len(letter.raw)
+            self._count(letter)
             self._next_id = max(self._next_id, letter.id + 1)
 
     def add(self, source: str, error: BusError, raw: str) -> DeadLetter:
@@ -68,7 +72,7 @@ class DeadLetters:
         )
         self._next_id += 1
         self._entries[letter.id] = letter
-        self._bytes += len(raw)
+        self._count(letter)
         self._changed.add(letter.id)
         self.counts["added"] += 1
         self._evict(letter.at)
@@ -84,10 +88,15 @@ class DeadLetters:
             self._forget(oldest.id)
             self.counts["evicted"] += 1
 
+    def _count(self, letter: DeadLetter) -> None:
+        size = size_of(letter)
+        self._bytes += size - self._sizes.get(letter.id, 0)
+        self._sizes[letter.id] = size
+
     def _forget(self, letter_id: int) -> DeadLetter | None:
         letter = self._entries.pop(letter_id, None)
         if letter is not None:
-            self._bytes -= len(letter.raw)
+            self._bytes -= self._sizes.pop(letter_id)
             self._changed.add(letter_id)
         return letter
 
@@ -110,10 +119,18 @@ class DeadLetters:
     def get(self, letter_id: int) -> DeadLetter | None:
         return self._entries.get(letter_id)
 
-    def list(self, *, after: int = 0, limit: int = 100) -> list[DeadLetter]:
+    def list(
+        self, *, after: int = 0, limit: int = 100, max_bytes: int | None = None
+    ) -> list[DeadLetter]:
+        """Entries after id `after`, oldest first: at most `limit`, and no more than `max_bytes`
+        together (but at least one)."""
         out = []
+        size = 0
         for letter in self._entries.values():
             if letter.id > after:
+                size += self._sizes[letter.id]
+                if out and max_bytes is not None and size > max_bytes:
+                    break
                 out.append(letter)
                 if len(out) == limit:
                     break
@@ -140,6 +157,7 @@ class DeadLetters:
             attempts=letter.attempts + 1,
         )
         self._entries[letter_id] = updated
+        self._count(updated)
         self._changed.add(letter_id)
         self.counts["retry_failed"] += 1
         return updated
@@ -149,5 +167,13 @@ class DeadLetters:
             "size": len(self._entries),
             "bytes": self._bytes,
             "max_entries": self.max_entries,
+            "max_bytes": self.max_bytes,
             "counts": dict(self.counts),
         }
+
+
+def size_of(letter: DeadLetter) -> int:
+    """What an entry costs: the UTF-8 bytes of its raw text and message."""
+    return len(letter.raw.encode("utf-8", "surrogatepass")) + len(
+        letter.message.encode("utf-8", "surrogatepass")
+    )

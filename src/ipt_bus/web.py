@@ -417,7 +417,7 @@ def _routes(app: BusApp) -> None:
         _only(query, ("limit", "after"))
         limit = _int_param(query, "limit", minimum=1, maximum=bus.config.max_query_limit) or 100
         after = _int_param(query, "after", minimum=0) or 0
-        letters = bus.dead_letters.list(after=after, limit=limit)
+        letters = bus.dead_letters.list(after=after, limit=limit, max_bytes=DLQ_PAGE_BYTES)
         body: dict[str, Any] = {
             "dead_letters": [_letter_json(d) for d in letters],
             "count": len(letters),
@@ -583,6 +583,8 @@ def _routes(app: BusApp) -> None:
             }
         )
 
+
+DLQ_PAGE_BYTES: Final = 4 * 1024 * 1024  # one /dlq answer holds at most this much raw text
 
 EVENT_QUERY_PARAMS: Final = (
     "topic",

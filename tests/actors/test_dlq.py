@@ -51,7 +51,7 @@ async def test_bounds_evict_the_oldest_and_count_it() -> None:
     for i in range(5):
         dead.add("rest", BAD, "x" * 10 + str(i))
     assert [d.id for d in dead.list()] == [3, 4, 5]
-    dead.add("rest", BAD, "y" * 995)  # over the byte bound: older ones go
+    dead.add("rest", BAD, "y" * 985)  # with its message, over the byte bound: older ones go
     assert [d.id for d in dead.list()] == [6]
     assert dead.stats()["counts"]["evicted"] == 5
     await dead.flush()
@@ -68,3 +68,20 @@ async def test_a_failed_flush_keeps_entries_and_tries_again() -> None:
     store.failing = False
     await dead.flush()
     assert store.calls == [([1], [])]
+
+
+async def test_the_byte_bound_counts_utf8_bytes_not_characters() -> None:
+    dead = DeadLetters(max_bytes=1_000)
+    for _ in range(3):
+        dead.add("ws", BAD, "\U0001f600" * 100)  # 100 characters, 400 bytes
+    assert [d.id for d in dead.list()] == [2, 3]
+    assert dead.stats()["bytes"] == 2 * (400 + len("bad topic"))
+
+
+async def test_pages_are_bounded_in_bytes_but_never_empty() -> None:
+    dead = DeadLetters()
+    for size in (300, 300, 300, 5_000):
+        dead.add("rest", BAD, "x" * size)
+    assert [d.id for d in dead.list(max_bytes=700)] == [1, 2]
+    assert [d.id for d in dead.list(after=2, max_bytes=700)] == [3]
+    assert [d.id for d in dead.list(after=3, max_bytes=700)] == [4]  # alone over the bound

@@ -277,6 +277,24 @@ async def test_validation_modes_and_schemas() -> None:
             assert counters.get("validation_warnings") == (1 if mode == "warn" else None)
 
 
+async def test_dead_letters_are_counted_and_paged_in_bytes(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    """Issue 11 item 5: four-byte characters count four; one answer holds at most 4 MiB."""
+    big = {"type": "t", "topic": "a.b", "payload": {"blob": "\U0001f600" * 400_000}}
+    for _ in range(3):
+        refused = await http.post("/events", json=big)
+        assert refused.json()["error"]["code"] == "too_large"
+    stats = (await http.get("/stats")).json()["dead_letters"]
+    assert stats["size"] == 3
+    assert stats["bytes"] > 3 * 1_600_000  # bytes, not the 400,000 characters of each
+    first = await http.get("/dlq", params={"limit": 1000})
+    assert len(first.content) < 4 * 1024 * 1024 + 10_000
+    assert first.json()["count"] == 2
+    rest = (await http.get("/dlq", params={"after": first.json()["next"]})).json()
+    assert rest["count"] == 1
+
+
 async def test_the_bus_can_publish_its_own_warnings() -> None:
     async with (
         running_server(log_to_bus=True) as server,
