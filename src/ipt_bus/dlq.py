@@ -124,7 +124,7 @@ class DeadLetters:
     ) -> list[DeadLetter]:
         """Entries after id `after`, oldest first: at most `limit`, and no more than `max_bytes`
         together (but at least one)."""
-        out = []
+        out: list[DeadLetter] = []
         size = 0
         for letter in self._entries.values():
             if letter.id > after:
