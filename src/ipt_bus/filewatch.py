@@ -54,6 +54,7 @@ LINE_FILES: Final = (".jsonl", ".ndjson")
 DOCUMENT_FILES: Final = (".json",)
 OFFSETS_FILE: Final = "file-offsets.json"
 RESTART_SECONDS: Final = 5.0
+DEAD_PREFIX_CHARS: Final = 80  # of a line that is not JSON, what its dead letter keeps
 _ENVELOPE: Final = ("type", "topic", "payload", "timestamp", "source", "correlation_id")
 _NOT_SEGMENT: Final = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -102,6 +103,7 @@ class FileWatcher:
     directory: Path
     offsets_path: Path
     _positions: dict[str, _Position] = attrs.field(factory=dict)
+    _refused: set[str] = attrs.field(factory=set)  # links out of the directory, warned once
 
     def load(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -126,10 +128,32 @@ class FileWatcher:
     async def scan(self) -> None:
         for path in sorted(self.directory.iterdir()):
             if path.suffix in LINE_FILES or path.suffix in DOCUMENT_FILES:
+                if not self._inside(path):
+                    continue
                 try:
                     await self._file(path)
                 except (BusError, OSError) as exc:  # tried again at the next change
                     log.warning("cannot publish events of %s yet: %s", path, exc)
+
+    def _inside(self, path: Path) -> bool:
+        """Whether `path` is a regular file of the watch directory once links are followed.
+
+        A symbolic link may point at another file of the directory; one that leads out of it
+        (to any file the bus can read) is never read, so nothing outside reaches the bus.
+        """
+        real = path.resolve()
+        if real.parent == self.directory.resolve() and real.is_file():
+            return True
+        if str(path) not in self._refused:
+            self._refused.add(str(path))
+            log.warning(
+                "not reading %s: it leads to %s, outside the watch directory %s "
+                "(or is not a regular file)",
+                path,
+                real,
+                self.directory,
+            )
+        return False
 
     async def _file(self, path: Path) -> None:
         try:
@@ -207,8 +231,14 @@ class FileWatcher:
             self._dead(path, line, raw, exc)
 
     def _dead(self, path: Path, line: int, raw: bytes, exc: BusError) -> None:
+        """Keep a refused line or document. Text that is not even JSON is kept only as a short
+        prefix: enough to find the line, not a copy of whatever the file holds."""
         where = f"file:{path.name}:{line}" if line else f"file:{path.name}"
-        self.bus.dead_letters.add(where, exc, raw.decode("utf-8", "replace"))
+        text = raw.decode("utf-8", "replace")
+        not_json = isinstance(exc, ProtocolError) and exc.code == ErrorCode.INVALID_JSON
+        if not_json and len(text) > DEAD_PREFIX_CHARS:
+            text = f"{text[:DEAD_PREFIX_CHARS]}… ({len(raw)} bytes in all)"
+        self.bus.dead_letters.add(where, exc, text)
 
 
 def _read(path: Path, offset: int, count: int) -> bytes:

@@ -73,6 +73,34 @@ async def test_watched_files_become_events_exactly_once_across_restarts(tmp_path
     assert stored[0]["source"] == "file:progress.jsonl"
 
 
+async def test_links_out_of_the_watch_dir_are_not_followed_and_garbage_is_kept_short(
+    tmp_path: Path,
+) -> None:
+    """Issue 11 item 2: a symlink to a file outside the watch directory is never read."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    secret = tmp_path / "secrets.jsonl"
+    secret.write_text('db_password=hunter2\n{"type": "leak", "payload": {"pw": "hunter2"}}\n')
+    (watched / "a-link.jsonl").symlink_to(secret)
+    (watched / "b-dir.jsonl").symlink_to(tmp_path)  # not a file at all
+    (watched / "c-real.jsonl").write_text('{"type": "ok"}\n')
+    (watched / "d-alias.jsonl").symlink_to(watched / "c-real.jsonl")  # stays inside: read
+    garbage = "token=" + "z" * 5_000
+    _append(watched / "e-sentinel.jsonl", garbage + '\n{"type": "last"}\n')
+    async with running_server(watch_dir=str(watched)) as server:
+        await wait_for(lambda: _count(server, "file.**", 3), seconds=20)
+        stored = await _events(server, topic="file.**")
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            letters = (await http.get("/dlq")).json()["dead_letters"]
+    assert sorted(e["type"] for e in stored) == ["last", "ok", "ok"]
+    assert "hunter2" not in orjson.dumps([stored, letters]).decode()
+    (letter,) = letters
+    assert letter["source"] == "file:e-sentinel.jsonl:1"
+    assert letter["raw"].startswith("token=zzz")
+    assert len(letter["raw"]) < 200
+    assert "5006 bytes" in letter["raw"]
+
+
 async def _count(server: Server, pattern: str, n: int) -> bool:
     return len(await _events(server, topic=pattern)) >= n
 
