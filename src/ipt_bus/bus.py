@@ -125,7 +125,12 @@ def open_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
         max_age_seconds=config.dlq_max_age_seconds,
     )
     if config.storage == "memory":
-        return MemoryLog(config.buffer_size, config.dedupe_window_seconds), dead
+        return MemoryLog(
+            config.buffer_size,
+            config.dedupe_window_seconds,
+            config.dedupe_max_keys,
+            config.dedupe_max_bytes,
+        ), dead
     sqlite_log = SqliteLog.open(
         Path(config.data_dir),
         durability=config.durability,
@@ -135,6 +140,8 @@ def open_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
             bytes=config.retention_bytes,
         ),
         dedupe_window_seconds=config.dedupe_window_seconds,
+        dedupe_max_keys=config.dedupe_max_keys,
+        dedupe_max_bytes=config.dedupe_max_bytes,
     )
     dead.store = sqlite_log
     dead.load(sqlite_log.dead_on_open)

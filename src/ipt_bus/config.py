@@ -32,6 +32,8 @@ class BusConfig:
     retention_bytes: int | None = None  # sqlite: keep at most this many encoded event bytes
     retention_interval_seconds: float = 1.0  # how often retention runs
     dedupe_window_seconds: float = 120.0  # idempotency keys are remembered this long
+    dedupe_max_keys: int = 100_000  # ... at most this many (the oldest are forgotten early)
+    dedupe_max_bytes: int = 32 * MiB  # ... taking at most this much memory (264 B + the key each)
     dlq_max_entries: int = 10_000
     dlq_max_bytes: int = 64 * MiB
     dlq_max_age_seconds: float = 7 * DAY
@@ -86,6 +88,8 @@ class BusConfig:
             "max_query_limit",
             "default_query_limit",
             "max_connections",
+            "dedupe_max_keys",
+            "dedupe_max_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -21,7 +21,7 @@ Contract:
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
@@ -130,45 +130,73 @@ class EventLog(Protocol):
     async def aclose(self) -> None: ...
 
 
+KEY_OVERHEAD_BYTES: Final = 264  # measured: a remembered key costs this plus its text
+
+
 @attrs.define
 class KeyWindow:
-    """Idempotency keys seen within the last `window_seconds`, oldest first.
+    """Idempotency keys seen within the last `window_seconds`, oldest first, each with where its
+    publish went: the first `seq` and how many events (a publish's events get consecutive seqs),
+    so a key costs the same whether its publish held one event or a thousand.
 
-    Bounded: past `max_keys` the oldest key is forgotten early (counted in `evicted`), so a
-    flood of keyed publishes cannot grow memory without limit.
+    Bounded: past `max_keys` keys, or past `max_bytes` (each key's UTF-8 bytes plus
+    `KEY_OVERHEAD_BYTES`), the oldest key is forgotten early (counted in `evicted`), so a flood of
+    keyed publishes cannot grow memory without limit.
     """
 
     window_seconds: float
     max_keys: int = 100_000
+    max_bytes: int = 32 * 1024 * 1024
     evicted: int = 0
-    _keys: collections.OrderedDict[str, tuple[float, list[Published]]] = attrs.field(
+    _keys: collections.OrderedDict[str, tuple[float, int, int]] = attrs.field(
         factory=collections.OrderedDict
     )
+    _bytes: int = 0
 
-    def get(self, key: str, now: float) -> list[Published] | None:
+    def get(self, key: str, now: float) -> tuple[int, int] | None:
+        """(first seq, count) of the key's publish, if it is remembered and inside the window."""
         found = self._keys.get(key)
         if found is None or found[0] < now - self.window_seconds:
             return None
-        return found[1]
+        return found[1], found[2]
 
-    def put(self, key: str, published: list[Published], at: float) -> None:
-        self._keys[key] = (at, published)
-        self._keys.move_to_end(key)
+    def put(self, key: str, first: int, count: int, at: float) -> None:
+        if key in self._keys:
+            self._forget(key)
+        self._keys[key] = (at, first, count)
+        self._bytes += _key_bytes(key)
         self.prune(at)
-        while len(self._keys) > self.max_keys:
-            self._keys.popitem(last=False)
+        while len(self._keys) > self.max_keys or self._bytes > self.max_bytes:
+            self._forget(next(iter(self._keys)))
             self.evicted += 1
+
+    def _forget(self, key: str) -> None:
+        del self._keys[key]
+        self._bytes -= _key_bytes(key)
 
     def prune(self, now: float) -> None:
         cutoff = now - self.window_seconds
         while self._keys:
-            oldest = next(iter(self._keys.values()))
-            if oldest[0] >= cutoff:
+            key, (at, _, _) = next(iter(self._keys.items()))
+            if at >= cutoff:
                 break
-            self._keys.popitem(last=False)
+            self._forget(key)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def _key_bytes(key: str) -> int:
+    return len(key.encode("utf-8", "surrogatepass")) + KEY_OVERHEAD_BYTES
+
+
+def published_range(epoch: str, first: int, count: int) -> list[Published]:
+    """Where a publish of `count` events from `first` went (an idempotent repeat's answer)."""
+    return [Published(event_id(epoch, s), s) for s in range(first, first + count)]
 
 
 def event_id(epoch: str, seq: int) -> str:

@@ -12,7 +12,16 @@ import trio
 
 from ipt_bus.codec import encode_event
 from ipt_bus.model import Event, Published
-from ipt_bus.storage.base import Key, KeyWindow, LogStats, Page, Query, Record, stamp
+from ipt_bus.storage.base import (
+    Key,
+    KeyWindow,
+    LogStats,
+    Page,
+    Query,
+    Record,
+    published_range,
+    stamp,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,6 +36,8 @@ class MemoryLog:
 
     capacity: int
     dedupe_window_seconds: float = 120.0
+    dedupe_max_keys: int = 100_000
+    dedupe_max_bytes: int = 32 * 1024 * 1024
     _epoch: str = attrs.field(factory=lambda: secrets.token_hex(8))
     _ring: list[tuple[Record, Event] | None] = attrs.field(init=False)
     _last: int = 0
@@ -35,7 +46,9 @@ class MemoryLog:
 
     def __attrs_post_init__(self) -> None:
         self._ring = [None] * self.capacity
-        self._keys = KeyWindow(self.dedupe_window_seconds)
+        self._keys = KeyWindow(
+            self.dedupe_window_seconds, self.dedupe_max_keys, self.dedupe_max_bytes
+        )
 
     @property
     def epoch(self) -> str:
@@ -72,12 +85,12 @@ class MemoryLog:
         if keys:
             at = time.time()
             for k in keys:
-                mine = out[k.start : k.start + k.count]
-                self._keys.put(k.key, [Published(r.id, r.seq) for r in mine], at)
+                self._keys.put(k.key, out[k.start].seq, k.count, at)
         return out
 
     def recall(self, key: str) -> list[Published] | None:
-        return self._keys.get(key, time.time())
+        found = self._keys.get(key, time.time())
+        return None if found is None else published_range(self._epoch, *found)
 
     def _get(self, seq: int) -> tuple[Record, Event]:
         entry = self._ring[seq % self.capacity]

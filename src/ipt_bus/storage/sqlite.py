@@ -34,7 +34,6 @@ import trio
 
 from ipt_bus.codec import encode_event
 from ipt_bus.errors import StorageError, StorageFull, StorageOpenError
-from ipt_bus.model import Event, Published
 from ipt_bus.storage.base import (
     DeadLetter,
     Key,
@@ -44,6 +43,7 @@ from ipt_bus.storage.base import (
     Query,
     Record,
     event_id,
+    published_range,
     stamp,
 )
 from ipt_bus.storage.worker import Worker
@@ -51,6 +51,8 @@ from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ipt_bus.model import Event, Published
 
 Durability = Literal["safe", "fast"]
 FILE_NAME: Final = "events.sqlite3"
@@ -157,6 +159,8 @@ class SqliteLog:
         durability: Durability = "safe",
         retention: Retention = Retention(),
         dedupe_window_seconds: float = 120.0,
+        dedupe_max_keys: int = 100_000,
+        dedupe_max_bytes: int = 32 * 1024 * 1024,
     ) -> SqliteLog:
         """Open (or create) the log in `data_dir`; blocking, meant for start-up.
 
@@ -176,10 +180,9 @@ class SqliteLog:
             raise
         reader = Worker("ipt-bus-sqlite-reader")
         read_conn = reader.run_blocking(partial(_connect, path, create=False))
-        keys = KeyWindow(dedupe_window_seconds)
+        keys = KeyWindow(dedupe_window_seconds, dedupe_max_keys, dedupe_max_bytes)
         for key, first, count, at in opened.keys:
-            ids = [Published(event_id(opened.epoch, s), s) for s in range(first, first + count)]
-            keys.put(key, ids, at)
+            keys.put(key, first, count, at)
         return cls(
             path=path,
             durability=durability,
@@ -242,8 +245,7 @@ class SqliteLog:
         self._count += len(rows)
         self._bytes += added_bytes
         for k in keys:
-            mine = records[k.start : k.start + k.count]
-            self._keys.put(k.key, [Published(r.id, r.seq) for r in mine], now)
+            self._keys.put(k.key, records[k.start].seq, k.count, now)
         return records
 
     def _write(
@@ -263,7 +265,8 @@ class SqliteLog:
         return StorageError(f"{self.path}: {exc}; nothing was stored")
 
     def recall(self, key: str) -> list[Published] | None:
-        return self._keys.get(key, self.clock())
+        found = self._keys.get(key, self.clock())
+        return None if found is None else published_range(self._epoch, *found)
 
     async def read_after(
         self, since: int, query: Query, limit: int, *, until: int | None = None
