@@ -193,6 +193,7 @@ async def run_bus(
                 stats,
                 inbox_size=config.router_inbox,
                 max_subscriptions=config.max_subscriptions,
+                max_subscription_bytes=config.max_subscription_bytes,
             )
             retention = trio.CancelScope()
 

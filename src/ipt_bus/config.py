@@ -48,6 +48,7 @@ class BusConfig:
     max_batch_events: int = 1_000  # events in one publish batch (WS or REST array)
     max_body_bytes: int = 16 * MiB  # REST request body (arrays)
     max_subscriptions: int = 128  # patterns per connection
+    max_subscription_bytes: int = 8 * 1024  # their text together, per connection
 
     outbox_events: int = 1_000  # per-connection queue of undelivered events
     outbox_bytes: int = 4 * MiB
@@ -81,6 +82,7 @@ class BusConfig:
             "max_batch_events",
             "max_body_bytes",
             "max_subscriptions",
+            "max_subscription_bytes",
             "outbox_events",
             "outbox_bytes",
             "reply_queue_frames",
@@ -122,6 +124,7 @@ class BusConfig:
             "max_message_bytes": self.max_message_bytes,
             "max_batch_events": self.max_batch_events,
             "max_subscriptions": self.max_subscriptions,
+            "max_subscription_bytes": self.max_subscription_bytes,
             "outbox_events": self.outbox_events,
         }
 

@@ -93,6 +93,7 @@ class Router:
     _log: EventLog
     _stats: StatsHandle
     _max_subscriptions: int
+    _max_subscription_bytes: int = 8 * 1024
     _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _peers: dict[ConnId, Peer] = attrs.field(factory=dict)
@@ -239,6 +240,13 @@ class Router:
             raise LimitExceeded(
                 f"more than {self._max_subscriptions} subscriptions on one connection "
                 "(max_subscriptions)",
+                "topics",
+            )
+        size = self._index.pattern_bytes(conn_id) + sum(map(len, new))
+        if size > self._max_subscription_bytes:
+            raise LimitExceeded(
+                f"the subscriptions of one connection would take {size} bytes of patterns, "
+                f"more than {self._max_subscription_bytes} (max_subscription_bytes)",
                 "topics",
             )
         for pattern in new:
@@ -498,9 +506,10 @@ async def start_router(
     *,
     inbox_size: int,
     max_subscriptions: int,
+    max_subscription_bytes: int = 8 * 1024,
 ) -> RouterHandle:
     """Start the router in `nursery`; `RouterHandle.close` stops it."""
     send, receive = trio.open_memory_channel[RouterCommand](inbox_size)
-    router = Router(log, stats, max_subscriptions)
+    router = Router(log, stats, max_subscriptions, max_subscription_bytes)
     await nursery.start(router.run, receive)
     return RouterHandle(send, router)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Iterable
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
@@ -115,68 +115,153 @@ def matches_any(patterns: Iterable[str], topic: str) -> bool:
     return empty
 
 
-@attrs.define
-class _Node(Generic[K]):
-    children: dict[str, _Node[K]] = attrs.field(factory=dict)
-    exact: set[K] = attrs.field(factory=set)  # pattern ends here
-    rest: set[K] = attrs.field(factory=set)  # pattern ends here with '**'
+_Holders = Any  # None, one key, or a set of keys: a pattern held once costs no set
+
+
+def _hold(holders: _Holders, key: K) -> _Holders:
+    if holders is None:
+        return key
+    if isinstance(holders, set):
+        holders.add(key)
+        return holders
+    return holders if holders == key else {holders, key}
+
+
+def _release(holders: _Holders, key: K) -> _Holders:
+    if isinstance(holders, set):
+        holders.discard(key)
+        if len(holders) == 1:
+            return next(iter(holders))
+        return holders or None
+    return None if holders == key else holders
+
+
+def _collect(found: set[K], holders: _Holders) -> None:
+    if isinstance(holders, set):
+        found.update(holders)
+    elif holders is not None:
+        found.add(holders)
+
+
+class _Node:
+    """A node of the radix trie: the edge into it is `label`, one or more segments (dot-joined),
+    so a chain of segments no other pattern shares costs one node, not one per segment."""
+
+    __slots__ = ("children", "exact", "label", "rest")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.children: dict[str, _Node] | None = None  # keyed by each child's first segment
+        self.exact: _Holders = None  # keys whose pattern ends here
+        self.rest: _Holders = None  # keys whose pattern ends here with '**'
+
+    def child(self, segment: str) -> _Node | None:
+        return None if self.children is None else self.children.get(segment)
+
+    def attach(self, segment: str, node: _Node) -> None:
+        if self.children is None:
+            self.children = {}
+        self.children[segment] = node
+
+    def empty(self) -> bool:
+        return self.children is None and self.exact is None and self.rest is None
 
 
 @attrs.define
 class TopicIndex(Generic[K]):
     """Which keys (subscribers) subscribed to patterns matching a topic.
 
-    A key may hold many patterns; `lookup` returns each key once.
+    A key may hold many patterns; `lookup` returns each key once. Patterns live in a radix trie of
+    segments, shared by every key that holds them: a pattern costs one node (and at most one
+    split of an existing edge) whatever its length, and a pattern held by one key costs no set.
     """
 
-    _root: _Node[K] = attrs.field(factory=_Node)
-    _patterns: dict[K, set[str]] = attrs.field(factory=dict)
+    _root: _Node = attrs.field(factory=lambda: _Node(""))
+    _patterns: dict[K, tuple[str, ...]] = attrs.field(factory=dict)
 
     def add(self, key: K, pattern: str) -> bool:
         """Subscribe `key` to `pattern`; False if it already was."""
-        held = self._patterns.setdefault(key, set())
+        held = self._patterns.get(key, ())
         if pattern in held:
             return False
-        held.add(pattern)
+        self._patterns[key] = (*held, pattern)
+        segments, rest = _split(pattern)
         node = self._root
-        segments = pattern.split(".")
-        if segments[-1] == "**":
-            for seg in segments[:-1]:
-                node = node.children.setdefault(seg, _Node())
-            node.rest.add(key)
+        i = 0
+        while i < len(segments):
+            child = node.child(segments[i])
+            if child is None:
+                # the whole pattern is the label when nothing is shared: no new string then
+                leaf = _Node(pattern if i == 0 and not rest else ".".join(segments[i:]))
+                node.attach(segments[i], leaf)
+                node, i = leaf, len(segments)
+                break
+            label = child.label.split(".")
+            j = 0
+            while j < len(label) and i + j < len(segments) and label[j] == segments[i + j]:
+                j += 1
+            if j < len(label):  # the pattern leaves this edge part-way: split it there
+                middle = _Node(".".join(label[:j]))
+                child.label = ".".join(label[j:])
+                middle.attach(label[j], child)
+                node.attach(segments[i], middle)
+                child = middle
+            node, i = child, i + j
+        if rest:
+            node.rest = _hold(node.rest, key)
         else:
-            for seg in segments:
-                node = node.children.setdefault(seg, _Node())
-            node.exact.add(key)
+            node.exact = _hold(node.exact, key)
         return True
 
     def remove(self, key: K, pattern: str) -> bool:
         """Unsubscribe `key` from `pattern`; False if it was not subscribed."""
-        held = self._patterns.get(key)
-        if held is None or pattern not in held:
+        held = self._patterns.get(key, ())
+        if pattern not in held:
             return False
-        held.discard(pattern)
-        if not held:
+        left = tuple(p for p in held if p != pattern)
+        if left:
+            self._patterns[key] = left
+        else:
             del self._patterns[key]
-        segments = pattern.split(".")
-        rest = segments[-1] == "**"
-        if rest:
-            segments = segments[:-1]
+        segments, rest = _split(pattern)
         path = [self._root]
-        for seg in segments:
-            path.append(path[-1].children[seg])
-        (path[-1].rest if rest else path[-1].exact).discard(key)
-        # prune empty nodes bottom-up so the trie does not grow with churn
-        for depth in range(len(segments), 0, -1):
-            node = path[depth]
-            if node.children or node.exact or node.rest:
-                break
-            del path[depth - 1].children[segments[depth - 1]]
+        i = 0
+        while i < len(segments):
+            child = path[-1].child(segments[i])
+            assert child is not None, "a held pattern is in the trie"
+            path.append(child)
+            i += child.label.count(".") + 1
+        node = path[-1]
+        if rest:
+            node.rest = _release(node.rest, key)
+        else:
+            node.exact = _release(node.exact, key)
+        self._prune(path)
         return True
+
+    def _prune(self, path: list[_Node]) -> None:
+        """Drop empty nodes bottom-up and merge a node left with one child into it, so the trie
+        does not grow with churn."""
+        for depth in range(len(path) - 1, 0, -1):
+            node, parent = path[depth], path[depth - 1]
+            first = node.label.split(".", 1)[0]
+            if node.empty():
+                assert parent.children is not None
+                del parent.children[first]
+                if not parent.children:
+                    parent.children = None
+                continue
+            if node.exact is None and node.rest is None and node.children is not None:
+                if len(node.children) == 1:
+                    (only,) = node.children.values()
+                    only.label = f"{node.label}.{only.label}"
+                    assert parent.children is not None
+                    parent.children[first] = only
+            break
 
     def remove_key(self, key: K) -> None:
         """Drop every pattern of `key`."""
-        for pattern in list(self._patterns.get(key, ())):
+        for pattern in self._patterns.get(key, ()):
             self.remove(key, pattern)
 
     def patterns(self, key: K) -> frozenset[str]:
@@ -185,25 +270,41 @@ class TopicIndex(Generic[K]):
     def count(self, key: K) -> int:
         return len(self._patterns.get(key, ()))
 
+    def pattern_bytes(self, key: K) -> int:
+        """The UTF-8 bytes of the patterns `key` holds (they are ASCII: their length)."""
+        return sum(map(len, self._patterns.get(key, ())))
+
     def lookup(self, topic: str) -> set[K]:
         """Every key with a pattern matching `topic`."""
         found: set[K] = set()
-        frontier = [self._root]
-        for seg in topic.split("."):
-            nxt: list[_Node[K]] = []
-            for node in frontier:
-                if node.rest:
-                    found.update(node.rest)
-                child = node.children.get(seg)
-                if child is not None:
-                    nxt.append(child)
-                star = node.children.get("*")
-                if star is not None:
-                    nxt.append(star)
-            if not nxt:
-                return found
-            frontier = nxt
-        for node in frontier:
-            found.update(node.exact)
-            found.update(node.rest)  # '**' matches zero segments too
+        segments = topic.split(".")
+        n = len(segments)
+        frontier = [(self._root, 0)]
+        while frontier:
+            node, i = frontier.pop()
+            if node.rest is not None:  # '**' matches what is left, even nothing
+                _collect(found, node.rest)
+            if i == n:
+                _collect(found, node.exact)
+                continue
+            if node.children is None:
+                continue
+            for first in (segments[i], "*"):
+                child = node.children.get(first)
+                if child is None:
+                    continue
+                label = child.label.split(".")
+                end = i + len(label)
+                if end <= n and all(
+                    want in ("*", got) for want, got in zip(label, segments[i:end], strict=True)
+                ):
+                    frontier.append((child, end))
         return found
+
+
+def _split(pattern: str) -> tuple[list[str], bool]:
+    """A pattern's segments without a final '**', and whether it had one."""
+    segments = pattern.split(".")
+    if segments[-1] == "**":
+        return segments[:-1], True
+    return segments, False

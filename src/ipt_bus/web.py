@@ -226,6 +226,12 @@ def parse_connect_params(query_string: bytes, config: BusConfig) -> ConnectParam
         raise LimitExceeded(
             f"more than {config.max_subscriptions} topics (max_subscriptions)", "topics"
         )
+    if sum(map(len, patterns)) > config.max_subscription_bytes:
+        raise LimitExceeded(
+            f"the topics take more than {config.max_subscription_bytes} bytes "
+            "(max_subscription_bytes)",
+            "topics",
+        )
     since = _int_param(query, "since", minimum=0)
     epoch = _last(query, "epoch")
     batch = _last(query, "batch")

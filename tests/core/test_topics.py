@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,6 +108,21 @@ def test_index_agrees_with_naive_matcher(
     for topic in probe:
         expected = {key for key, pattern in model if matches(pattern, topic)}
         assert index.lookup(topic) == expected
+    _check_compact(index._root, root=True)
+    for key, pattern in sorted(model):
+        assert index.remove(key, pattern)
+    assert index._root.empty()  # churn leaves nothing behind
+
+
+def _check_compact(node: Any, *, root: bool = False) -> None:
+    """No empty node and no holder-less node with a single child (it is merged into it)."""
+    if not root:
+        assert not node.empty()
+        if node.exact is None and node.rest is None:
+            assert len(node.children) > 1
+    for first, child in (node.children or {}).items():
+        assert child.label.split(".")[0] == first
+        _check_compact(child)
 
 
 def test_index_prunes_nodes_on_remove() -> None:
@@ -114,4 +131,4 @@ def test_index_prunes_nodes_on_remove() -> None:
     index.add("c1", "a.**")
     index.remove_key("c1")
     assert index.lookup("a.b.c") == set()
-    assert index._root.children == {}
+    assert not index._root.children

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import random
+import string
 import uuid
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import httpx
 import orjson
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
 from tests.processes import Served, serve_process
 
@@ -58,3 +62,44 @@ async def test_a_flood_of_fresh_idempotency_keys_keeps_memory_flat(served: Serve
     print(f"idempotency flood: {keys} keys, RSS +{growth / MiB:.1f} MB")
     assert keys > 100  # the flood did happen
     assert growth < 64 * MiB, f"RSS grew {growth / MiB:.1f} MB over {keys} keyed publishes"
+
+
+SUBSCRIBERS = 100
+SUBSCRIPTION_BUDGET_BYTES = 64 * 1024  # docs/operations.md: what one connection's may cost
+
+
+def _worst_patterns(conn: int) -> list[str]:
+    """128 patterns of 16 segments that share nothing with anyone's, within 8 KiB."""
+    rnd = random.Random(conn)
+    out = []
+    for j in range(128):
+        tail = [rnd.choice(string.ascii_lowercase) + rnd.choice(string.ascii_lowercase)]
+        out.append(".".join([f"w{conn}x{j}", *(tail * 15)]))
+    assert sum(map(len, out)) <= 8 * 1024
+    return out
+
+
+async def test_the_worst_subscriptions_a_connection_may_hold_fit_the_budget(
+    served: Served,
+) -> None:
+    """Issue 11 item 7: 128 patterns of 16 segments per connection cost ~1.65 MB each before;
+    the index now shares structure and a connection's patterns are bounded in bytes."""
+    async with AsyncExitStack() as stack:
+        conns = []
+        for c in range(SUBSCRIBERS):
+            first = _worst_patterns(c)[0]
+            conn = await stack.enter_async_context(
+                open_websocket_url(f"ws://127.0.0.1:{served.port}/ws?topics={first}")
+            )
+            await conn.get_message()  # welcome
+            conns.append(conn)
+        before = served.rss()  # idle connections, one pattern each
+        for c, conn in enumerate(conns):
+            frame = {"action": "subscribe", "id": c, "topics": _worst_patterns(c)[1:]}
+            await conn.send_message(orjson.dumps(frame).decode())
+            answer = orjson.loads(await conn.get_message())
+            assert answer["action"] == "subscribed", answer
+            assert len(answer["topics"]) == 128
+        per_connection = (served.rss() - before) / SUBSCRIBERS
+        print(f"worst-case subscriptions: {per_connection / 1024:.1f} KiB per connection")
+        assert per_connection <= SUBSCRIPTION_BUDGET_BYTES

@@ -368,6 +368,23 @@ async def test_subscription_limit_names_the_limit() -> None:
         assert info.value.status_code == 400
 
 
+async def test_subscription_bytes_are_bounded_and_the_error_names_the_limit() -> None:
+    long = ["x" * 200 + f".{i}" for i in range(50)]  # 50 patterns, about 10 KB
+    async with running_server() as server:
+        async with ws(server, "topics=a") as conn:
+            error = await request(conn, {"action": "subscribe", "id": 1, "topics": long})
+            assert error["error"]["code"] == "limit_exceeded"
+            assert error["error"]["field"] == "topics"
+            assert "max_subscription_bytes" in error["error"]["message"]
+            ok = await request(conn, {"action": "subscribe", "id": 2, "topics": long[:30]})
+            assert ok["action"] == "subscribed"
+        with pytest.raises(ConnectionRejected) as info:
+            async with open_websocket_url(server.ws_url + "?topics=" + ",".join(long)):
+                pass
+        assert info.value.status_code == 400
+        assert b"max_subscription_bytes" in (info.value.body or b"")
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
