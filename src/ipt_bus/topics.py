@@ -251,12 +251,12 @@ class TopicIndex(Generic[K]):
                 if not parent.children:
                     parent.children = None
                 continue
-            if node.exact is None and node.rest is None and node.children is not None:
-                if len(node.children) == 1:
-                    (only,) = node.children.values()
-                    only.label = f"{node.label}.{only.label}"
-                    assert parent.children is not None
-                    parent.children[first] = only
+            holds = node.exact is not None or node.rest is not None
+            if not holds and node.children is not None and len(node.children) == 1:
+                (only,) = node.children.values()
+                only.label = f"{node.label}.{only.label}"
+                assert parent.children is not None
+                parent.children[first] = only
             break
 
     def remove_key(self, key: K) -> None:
