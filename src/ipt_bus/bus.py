@@ -142,6 +142,7 @@ def open_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
         dedupe_window_seconds=config.dedupe_window_seconds,
         dedupe_max_keys=config.dedupe_max_keys,
         dedupe_max_bytes=config.dedupe_max_bytes,
+        discard_damaged=config.discard_damaged_log,
     )
     dead.store = sqlite_log
     dead.load(sqlite_log.dead_on_open)

@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         help="sqlite: safe = an ack survives power loss (default); fast = survives a crash",
     )
     s.add_argument(
+        "--discard-damaged-log",
+        action="store_true",
+        default=None,
+        help="sqlite: if the log cannot be read whole, move its files aside and start a new "
+        "log (a new epoch) instead of refusing to start",
+    )
+    s.add_argument(
         "--retention-events", type=int, default=None, help="sqlite: keep at most N events"
     )
     s.add_argument(
@@ -128,6 +135,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         storage=args.storage,
         data_dir=args.data_dir,
         durability=args.durability,
+        discard_damaged_log=args.discard_damaged_log,
         retention_events=args.retention_events,
         retention_age_seconds=args.retention_age,
         retention_bytes=args.retention_bytes,

@@ -27,6 +27,7 @@ class BusConfig:
     storage: Storage = "sqlite"
     data_dir: str = ".ipt-bus"  # sqlite: the log is `<data_dir>/events.sqlite3`
     durability: Durability = "safe"  # sqlite: safe = synchronous FULL, fast = NORMAL
+    discard_damaged_log: bool = False  # sqlite: a log not readable whole starts over, moved aside
     retention_events: int | None = None  # sqlite: keep at most this many events
     retention_age_seconds: float | None = 7 * DAY  # sqlite: drop events stored longer ago
     retention_bytes: int | None = None  # sqlite: keep at most this many encoded event bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from ipt_bus.errors import StorageFull, StorageOpenError
 from ipt_bus.model import Event
 from ipt_bus.storage.base import Key, Query
 from ipt_bus.storage.memory import MemoryLog
+from ipt_bus.storage.seqfile import RESERVE_SEQS, SEQ_FILE, SeqRecord
 from ipt_bus.storage.sqlite import FAST_CRASH_SEQ_SKIP, FILE_NAME, Retention, SqliteLog
 
 if TYPE_CHECKING:
@@ -261,16 +263,22 @@ def test_sqlite_and_memory_logs_agree(
     trio.run(check)
 
 
-async def test_fast_mode_skips_seqs_after_an_unclean_stop(tmp_path: Path) -> None:
+def _crash(log: SqliteLog) -> None:
+    """Stop the log's threads without a clean close, as a killed process would."""
+    log._writer.stop()
+    log._reader.stop()
+
+
+async def test_fast_mode_skips_past_the_reservation_after_an_unclean_stop(tmp_path: Path) -> None:
     log = SqliteLog.open(tmp_path, durability="fast", retention=Retention(events=3))
     await log.append([ev() for _ in range(3)])
-    log._writer.stop()  # a crash: no clean close
-    log._reader.stop()
+    _crash(log)
     log = SqliteLog.open(tmp_path, durability="fast", retention=Retention(events=3))
     try:
-        assert log.last_seq == 3 + FAST_CRASH_SEQ_SKIP
+        # every seq that could have been handed out is at most the synced reservation
+        assert log.last_seq == RESERVE_SEQS
         (record,) = await log.append([ev()])
-        assert record.seq == 4 + FAST_CRASH_SEQ_SKIP
+        assert record.seq == RESERVE_SEQS + 1
         assert await log.enforce_retention() == 1  # counts events, not seq numbers
         page = await log.read_after(0, Query(), 10)
         assert [r.seq for r in page.records] == [2, 3, record.seq]
@@ -278,14 +286,65 @@ async def test_fast_mode_skips_seqs_after_an_unclean_stop(tmp_path: Path) -> Non
         await log.aclose()
     log = SqliteLog.open(tmp_path, durability="fast")  # after a clean stop: no skip
     try:
-        assert log.last_seq == 4 + FAST_CRASH_SEQ_SKIP
+        assert log.last_seq == RESERVE_SEQS + 1
     finally:
         await log.aclose()
     log = SqliteLog.open(tmp_path, durability="safe")
-    log._writer.stop()
-    log._reader.stop()
+    _crash(log)
     log = SqliteLog.open(tmp_path, durability="safe")  # safe: nothing acked can be lost
     try:
-        assert log.last_seq == 4 + FAST_CRASH_SEQ_SKIP
+        assert log.last_seq == RESERVE_SEQS + 1
+    finally:
+        await log.aclose()
+
+
+async def test_a_log_without_its_sequence_record_gets_one(tmp_path: Path) -> None:
+    """A log made before the record existed: fast mode skips a million after a crash."""
+    log = SqliteLog.open(tmp_path, durability="fast")
+    await log.append([ev() for _ in range(3)])
+    _crash(log)
+    (tmp_path / SEQ_FILE).unlink()
+    log = SqliteLog.open(tmp_path, durability="fast")
+    try:
+        assert log.last_seq == 3 + FAST_CRASH_SEQ_SKIP
+        assert (tmp_path / SEQ_FILE).exists()
+    finally:
+        await log.aclose()
+    record = SeqRecord.read(tmp_path / SEQ_FILE)
+    assert record is not None
+    assert (record.epoch, record.committed) == (log.epoch, 3 + FAST_CRASH_SEQ_SKIP)
+
+
+async def test_the_sequence_record_reserves_ahead_and_follows_every_commit(
+    tmp_path: Path,
+) -> None:
+    log = SqliteLog.open(tmp_path)
+    try:
+        await log.append([ev() for _ in range(5)])
+        record = SeqRecord.read(tmp_path / SEQ_FILE)
+        assert record is not None
+        assert (record.committed, record.reserved) == (5, RESERVE_SEQS)
+        await log.append([ev() for _ in range(RESERVE_SEQS)])
+        record = SeqRecord.read(tmp_path / SEQ_FILE)
+        assert record is not None
+        assert (record.committed, record.reserved) == (RESERVE_SEQS + 5, 2 * RESERVE_SEQS + 5)
+    finally:
+        await log.aclose()
+
+
+@pytest.mark.parametrize("name", ["data#1", "100%", "what?", "a b", "ü"])
+async def test_odd_directory_names_are_used_as_they_are(tmp_path: Path, name: str) -> None:
+    """The SQLite URI is built percent-encoded: `#`, `%` and `?` mean themselves."""
+    data = tmp_path / name
+    log = SqliteLog.open(data)
+    try:
+        await log.append([ev()])
+    finally:
+        await log.aclose()
+    assert (data / FILE_NAME).exists()
+    assert os.listdir(tmp_path) == [name]
+    log = SqliteLog.open(data)
+    try:
+        assert log.last_seq == 1
     finally:
         await log.aclose()

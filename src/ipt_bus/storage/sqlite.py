@@ -46,6 +46,7 @@ from ipt_bus.storage.base import (
     published_range,
     stamp,
 )
+from ipt_bus.storage.seqfile import RESERVE_SEQS, SEQ_FILE, SeqRecord
 from ipt_bus.storage.worker import Worker
 from ipt_bus.topics import matches_any
 
@@ -107,15 +108,27 @@ class _Opened:
     bytes: int
     keys: list[tuple[str, int, int, float]]
     dead: list[DeadLetter]
+    record: SeqRecord
+
+
+class LogDamaged(StorageOpenError):
+    """The log existed and cannot be read whole; nothing was changed."""
 
 
 def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    mode = "rwc" if create else "rw"
     conn = sqlite3.connect(
-        f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
+        _uri(path, "rwc" if create else "rw"),
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
     )
     conn.execute("PRAGMA busy_timeout = 5000")
     return conn
+
+
+def _uri(path: Path, mode: str) -> str:
+    """An SQLite URI for `path`: percent-encoded, so `#`, `%` and `?` in a name mean themselves."""
+    return f"{path.absolute().as_uri()}?mode={mode}"
 
 
 def glob_of(pattern: str) -> str | None:
@@ -145,6 +158,7 @@ class SqliteLog:
     _bytes: int
     _keys: KeyWindow
     dead_on_open: list[DeadLetter]
+    _record: SeqRecord
     clock: Callable[[], float] = time.time  # stored_at, retention by age, idempotency window
     _problem: str | None = None
     _last_key_prune: float = 0.0
@@ -161,8 +175,14 @@ class SqliteLog:
         dedupe_window_seconds: float = 120.0,
         dedupe_max_keys: int = 100_000,
         dedupe_max_bytes: int = 32 * 1024 * 1024,
+        discard_damaged: bool = False,
     ) -> SqliteLog:
         """Open (or create) the log in `data_dir`; blocking, meant for start-up.
+
+        A log that existed and cannot be read whole (its sequence record says events were
+        committed that the database no longer holds, or the database is gone) is refused; with
+        `discard_damaged` its files are moved into ``damaged-<time>/`` and a new log (a new
+        epoch) starts instead.
 
         Raises:
             StorageOpenError: naming the directory or file and why; nothing was changed.
@@ -174,7 +194,14 @@ class SqliteLog:
             raise StorageOpenError(f"cannot create the data directory {data_dir}: {exc}") from None
         writer = Worker("ipt-bus-sqlite-writer")
         try:
-            conn, opened = writer.run_blocking(partial(_open_writer, path, durability))
+            try:
+                conn, opened = writer.run_blocking(partial(_open_writer, path, durability))
+            except LogDamaged as exc:
+                if not discard_damaged:
+                    raise
+                aside = _move_aside(data_dir)
+                log.warning("%s; its files were moved to %s and a new log starts", exc, aside)
+                conn, opened = writer.run_blocking(partial(_open_writer, path, durability))
         except BaseException:
             writer.stop()
             raise
@@ -199,6 +226,7 @@ class SqliteLog:
             bytes=opened.bytes,
             keys=keys,
             dead_on_open=opened.dead,
+            record=opened.record,
         )
 
     # --- the EventLog interface ------------------------------------------------------------
@@ -251,11 +279,13 @@ class SqliteLog:
     def _write(
         self, rows: list[tuple[Any, ...]], last: int, key_rows: list[tuple[Any, ...]]
     ) -> None:
+        self._record.reserve(last)  # synced before any seq past the old reservation commits
         with _transaction(self._write_conn) as c:
             c.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             if key_rows:
                 c.executemany("INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?)", key_rows)
             c.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(last),))
+        self._record.commit(last)
 
     def _failed(self, exc: sqlite3.Error) -> StorageError:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
@@ -424,6 +454,8 @@ class SqliteLog:
                 with _transaction(self._write_conn) as c:
                     c.execute("UPDATE meta SET value = '1' WHERE key = 'clean_shutdown'")
             self._write_conn.close()
+            with contextlib.suppress(OSError):
+                self._record.close()
 
         await self._reader.call(self._read_conn.close)
         await self._writer.call(close_writer)
@@ -470,6 +502,45 @@ def _where(query: Query) -> tuple[str, list[Any], bool]:
     return "".join(f" AND {c}" for c in clauses), params, exact
 
 
+_DAMAGED_HINT: Final = (
+    "the files were left as they were. Restore them, or start with --discard-damaged-log to "
+    "move them into a damaged-<time> folder and begin a new log (a new epoch: clients are told "
+    "their history is gone)"
+)
+
+
+def _check_whole(path: Path, record: SeqRecord, conn: sqlite3.Connection, tables: set[str]) -> None:
+    """Refuse a log that opens shorter than its sequence record says it was."""
+    if "meta" not in tables:
+        raise LogDamaged(
+            f"the event log {path} has no tables, but {record.path} says it held events up to "
+            f"seq {record.committed} (epoch {record.epoch}); {_DAMAGED_HINT}"
+        )
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    epoch, last = meta.get("epoch"), int(meta.get("last_seq", 0))
+    if epoch != record.epoch:
+        raise LogDamaged(
+            f"the event log {path} has epoch {epoch}, but {record.path} belongs to epoch "
+            f"{record.epoch}: they are not the same log; {_DAMAGED_HINT}"
+        )
+    if last < record.committed:
+        raise LogDamaged(
+            f"the event log {path} holds events up to seq {last}, but seq up to "
+            f"{record.committed} were committed: its write-ahead log {path}-wal was damaged or "
+            f"lost; {_DAMAGED_HINT}"
+        )
+
+
+def _move_aside(data_dir: Path) -> Path:
+    """Move a damaged log's files into a new ``damaged-<UTC time>`` folder of `data_dir`."""
+    aside = data_dir / f"damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    aside.mkdir()
+    for name in (FILE_NAME, f"{FILE_NAME}-wal", f"{FILE_NAME}-shm", SEQ_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / name).rename(aside / name)
+    return aside
+
+
 def _set_max_bytes(conn: sqlite3.Connection, max_bytes: int | None) -> None:
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     pages = 2**31 - 2 if max_bytes is None else max(1, max_bytes // page_size)
@@ -477,14 +548,24 @@ def _set_max_bytes(conn: sqlite3.Connection, max_bytes: int | None) -> None:
 
 
 def _open_writer(path: Path, durability: Durability) -> tuple[sqlite3.Connection, _Opened]:
-    """Open or create the database on the writer thread; refuse anything but our own schema."""
-    existed = path.exists()
+    """Open or create the database on the writer thread; refuse anything but our own schema,
+    and a log its sequence record says was longer (or was there at all) than what opens."""
+    record = SeqRecord.read(path.parent / SEQ_FILE)
+    existed = path.exists() and path.stat().st_size > 0  # an empty file is a new database
+    if record is not None and not existed:
+        raise LogDamaged(
+            f"the event log {path} is {'empty' if path.exists() else 'missing'}, but "
+            f"{record.path} says it held events up to seq {record.committed} "
+            f"(epoch {record.epoch}); {_DAMAGED_HINT}"
+        )
+    if existed:
+        _inspect(path, record)
     try:
         conn = _connect(path, create=not existed)
     except sqlite3.Error as exc:
         raise StorageOpenError(f"cannot open the event log {path}: {exc}") from None
     try:
-        opened = _prepare(conn, path, existed, durability)
+        opened = _prepare(conn, path, existed, durability, record)
     except sqlite3.Error as exc:
         conn.close()
         what = "read or write" if existed else "create"
@@ -498,20 +579,45 @@ def _open_writer(path: Path, durability: Durability) -> tuple[sqlite3.Connection
     return conn, opened
 
 
+def _inspect(path: Path, record: SeqRecord | None) -> None:
+    """Refuse, before anything is written, a file that is not our log, a corrupt one, and one
+    shorter than its sequence record. Read-only: closing a read-write connection would
+    checkpoint the WAL (and delete it), changing the very files the refusal leaves alone."""
+    try:
+        conn = sqlite3.connect(_uri(path, "ro"), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StorageOpenError(f"cannot open the event log {path}: {exc}") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StorageOpenError(
+                f"{path} is an SQLite database but not an ipt-bus event log; it was left as it was"
+            )
+        if tables:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StorageOpenError(
+                    f"the event log {path} is corrupt ({check}); it was left as it was"
+                )
+        if record is not None:
+            _check_whole(path, record, conn, tables)
+    except sqlite3.Error as exc:
+        raise StorageOpenError(
+            f"cannot read the event log {path}: {exc}. The file was left as it was; "
+            "move it away (or point --data-dir elsewhere) to start a new log"
+        ) from None
+    finally:
+        conn.close()
+
+
 def _prepare(
-    conn: sqlite3.Connection, path: Path, existed: bool, durability: Durability
+    conn: sqlite3.Connection,
+    path: Path,
+    existed: bool,
+    durability: Durability,
+    record: SeqRecord | None,
 ) -> _Opened:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if existed and tables and "meta" not in tables:
-        raise StorageOpenError(
-            f"{path} is an SQLite database but not an ipt-bus event log; it was left as it was"
-        )
-    if existed and tables:
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise StorageOpenError(
-                f"the event log {path} is corrupt ({check}); it was left as it was"
-            )
     if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
         raise StorageOpenError(f"cannot switch {path} to WAL mode (read-only?)")
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'safe' else 'NORMAL'}")
@@ -545,8 +651,9 @@ def _prepare(
         c.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
         if not clean and durability == "fast":
             # Commits since the last fsync may be gone, and subscribers may have seen their
-            # `seq`: never hand those numbers to other events.
-            last += FAST_CRASH_SEQ_SKIP
+            # `seq`: never hand those numbers to other events. The synced reservation bounds
+            # every seq that can have been handed out.
+            last = max(last, record.reserved) if record else last + FAST_CRASH_SEQ_SKIP
             c.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (str(last),))
             log.warning(
                 "%s: the last run did not stop cleanly with durability fast; seq continues "
@@ -562,7 +669,10 @@ def _prepare(
         DeadLetter(*row)
         for row in conn.execute("SELECT * FROM dead_letters ORDER BY id").fetchall()
     ]
+    record = SeqRecord(path.parent / SEQ_FILE, meta["epoch"], last, last + RESERVE_SEQS)
+    record.open()
     return _Opened(
+        record=record,
         epoch=meta["epoch"],
         first_seq=last + 1 if first is None else first,
         last_seq=last,
