@@ -92,8 +92,11 @@ class Outbox:
             self._missed.append((since, self._patterns))
             self.sent = since
 
-    def resubscribed(self, patterns: Iterable[str]) -> None:
-        """The router changed the subscriptions: events offered from now on match `patterns`."""
+    def resubscribed(self, patterns: Iterable[str], at: int) -> None:
+        """The router changed the subscriptions when the log's last `seq` was `at`: events after
+        it are matched against `patterns` (those up to it against the old ones, even the ones
+        still to be read from the log)."""
+        self._head = max(self._head, at)
         self._patterns = tuple(sorted(patterns))
         missed = self._missed
         if not missed:

@@ -268,7 +268,7 @@ class Router:
                 self._index.remove(command.conn_id, pattern)
             self._targets.clear()
         held = self._index.patterns(command.conn_id)
-        self._outboxes[command.conn_id].resubscribed(held)
+        self._outboxes[command.conn_id].resubscribed(held, self._log.last_seq)
         _answer(command.reply, held)
 
     def _on_detach(self, command: Detach) -> None:

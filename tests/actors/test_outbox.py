@@ -62,11 +62,11 @@ async def test_a_subscription_change_while_behind_starts_a_new_range() -> None:
     box.start(["a"], 0)
     box.offer("1", 1, 0.0)
     box.offer("2", 2, 0.0)  # behind from here, under ["a"]
-    box.resubscribed(["a", "b"])
-    box.resubscribed(["b"])  # nothing missed under ["a", "b"]: that range is replaced
+    box.resubscribed(["a", "b"], 3)  # seq 3 was published (not matching) before the change
+    box.resubscribed(["b"], 3)  # nothing missed under ["a", "b"]: that range is replaced
     box.offer("4", 4, 0.0)
     taken = await box.take()
-    assert taken.missed == [Missed(1, 2, ("a",)), Missed(2, 4, ("b",))]
+    assert taken.missed == [Missed(1, 3, ("a",)), Missed(3, 4, ("b",))]
 
 
 async def test_subscription_ranges_are_bounded() -> None:
@@ -75,7 +75,7 @@ async def test_subscription_ranges_are_bounded() -> None:
     box.offer("1", 1, 0.0)
     for seq in range(2, 30):
         box.offer(str(seq), seq, 0.0)
-        box.resubscribed([f"p{seq}"])
+        box.resubscribed([f"p{seq}"], seq)
     taken = await box.take()
     assert len(taken.missed) == MAX_MISSED_RANGES
     assert [m.upto for m in taken.missed][-1] == 29
