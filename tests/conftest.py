@@ -14,8 +14,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from ipt_bus.config import BusConfig
-from ipt_bus.schemas import SCHEMAS
+from ipt_bus.core.config import BusConfig
+from ipt_bus.core.schemas import SCHEMAS
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:

@@ -47,7 +47,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def main() -> None:
-    # the bus's GC settings (ipt_bus.bus.tune_gc), so the ratio compares the code, not the GC
+    # the bus's GC settings (ipt_bus.bus.node.tune_gc), so the ratio compares the code, not the GC
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)

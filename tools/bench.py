@@ -736,7 +736,7 @@ def codec_micro() -> dict[str, Any]:
             timeit.timeit(lambda: enc(event), number=n) / n * 1e6, 3
         )
         result["msgspec_decode_us"] = round(timeit.timeit(lambda: dec(data), number=n) / n * 1e6, 3)
-    from ipt_bus import codec
+    from ipt_bus.core import codec
 
     result["ipt_bus_decode_event_us"] = round(
         timeit.timeit(lambda: codec.decode_event(codec.loads(data)), number=n) / n * 1e6, 3

@@ -251,7 +251,7 @@ async def dead_peer() -> dict[str, Any]:
     """C10: a blackholed peer is freed by the kernel (TCP_USER_TIMEOUT) with pings in flight."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         return {"test": "C10 dead peer", "skipped": "needs root and iproute2"}
-    from ipt_bus.config import BusConfig
+    from ipt_bus.core.config import BusConfig
     from ipt_bus.server import serve
 
     _sh("ip", "netns", "add", NS)

@@ -6,29 +6,29 @@ The server side (`run_bus`, `BusHandle`) is imported on first use, so that `ipt_
 
 from typing import TYPE_CHECKING, Any
 
-from ipt_bus.config import BusConfig as BusConfig
-from ipt_bus.errors import BusBroken as BusBroken
-from ipt_bus.errors import BusClosed as BusClosed
-from ipt_bus.errors import BusError as BusError
-from ipt_bus.errors import CloseCode as CloseCode
-from ipt_bus.errors import ErrorCode as ErrorCode
-from ipt_bus.errors import LimitExceeded as LimitExceeded
-from ipt_bus.errors import Overloaded as Overloaded
-from ipt_bus.errors import ProtocolError as ProtocolError
-from ipt_bus.errors import StorageError as StorageError
-from ipt_bus.model import Event as Event
-from ipt_bus.model import Published as Published
+from ipt_bus.core.config import BusConfig as BusConfig
+from ipt_bus.core.errors import BusBroken as BusBroken
+from ipt_bus.core.errors import BusClosed as BusClosed
+from ipt_bus.core.errors import BusError as BusError
+from ipt_bus.core.errors import CloseCode as CloseCode
+from ipt_bus.core.errors import ErrorCode as ErrorCode
+from ipt_bus.core.errors import LimitExceeded as LimitExceeded
+from ipt_bus.core.errors import Overloaded as Overloaded
+from ipt_bus.core.errors import ProtocolError as ProtocolError
+from ipt_bus.core.errors import StorageError as StorageError
+from ipt_bus.core.model import Event as Event
+from ipt_bus.core.model import Published as Published
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ipt_bus.bus import BusHandle as BusHandle
-    from ipt_bus.bus import run_bus as run_bus
+    from ipt_bus.bus.node import BusHandle as BusHandle
+    from ipt_bus.bus.node import run_bus as run_bus
 
 
 def __getattr__(name: str) -> Any:
     if name in ("BusHandle", "run_bus"):
-        from ipt_bus import bus
+        from ipt_bus.bus import node as bus
 
         return getattr(bus, name)
     raise AttributeError(f"module 'ipt_bus' has no attribute {name!r}")

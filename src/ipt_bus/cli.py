@@ -13,8 +13,8 @@ import trio
 
 from ipt_bus import __version__
 from ipt_bus.client import commands as client_commands
-from ipt_bus.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
-from ipt_bus.errors import StartupError
+from ipt_bus.core.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
+from ipt_bus.core.errors import StartupError
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:

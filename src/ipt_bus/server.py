@@ -18,12 +18,12 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from ipt_bus import _hypercorn
-from ipt_bus.bus import BusHandle, run_bus
-from ipt_bus.web import create_app
+from ipt_bus.bus.node import BusHandle, run_bus
+from ipt_bus.edge import transport as _hypercorn
+from ipt_bus.edge.app import create_app
 
 if TYPE_CHECKING:
-    from ipt_bus.config import BusConfig
+    from ipt_bus.core.config import BusConfig
 
 log = logging.getLogger("ipt_bus.server")
 

@@ -7,9 +7,9 @@ import math
 import trio
 import trio.testing
 
-from ipt_bus.bus import run_bus
-from ipt_bus.config import BusConfig
-from ipt_bus.connection import Connection, ConnectParams, Disconnected
+from ipt_bus.bus.connection import Connection, ConnectParams, Disconnected
+from ipt_bus.bus.node import run_bus
+from ipt_bus.core.config import BusConfig
 
 
 class FakeSocket:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipt_bus.dlq import DeadLetters
-from ipt_bus.errors import ErrorCode, ProtocolError, StorageError, StorageFull
+from ipt_bus.bus.dlq import DeadLetters
+from ipt_bus.core.errors import ErrorCode, ProtocolError, StorageError, StorageFull
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -4,7 +4,7 @@ import orjson
 import trio
 import trio.testing
 
-from ipt_bus.outbox import MAX_MISSED_RANGES, Missed, Outbox, Taken
+from ipt_bus.bus.outbox import MAX_MISSED_RANGES, Missed, Outbox, Taken
 
 
 def make(max_events: int = 3, max_bytes: int = 1_000, max_replies: int = 2) -> Outbox:

@@ -7,11 +7,11 @@ import pytest
 import trio
 import trio.testing
 
-from ipt_bus.errors import LimitExceeded, Overloaded, StorageFull
-from ipt_bus.model import Event
-from ipt_bus.outbox import Outbox
-from ipt_bus.router import Answer, RouterHandle, start_router
-from ipt_bus.stats import StatsHandle, start_stats
+from ipt_bus.bus.outbox import Outbox
+from ipt_bus.bus.router import Answer, RouterHandle, start_router
+from ipt_bus.bus.stats import StatsHandle, start_stats
+from ipt_bus.core.errors import LimitExceeded, Overloaded, StorageFull
+from ipt_bus.core.model import Event
 from ipt_bus.storage.memory import MemoryLog
 
 if TYPE_CHECKING:

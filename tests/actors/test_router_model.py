@@ -15,14 +15,14 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ipt_bus import outbox
-from ipt_bus.model import Event
-from ipt_bus.outbox import Outbox, Taken
-from ipt_bus.router import start_router
-from ipt_bus.stats import start_stats
+from ipt_bus.bus import outbox
+from ipt_bus.bus.outbox import Outbox, Taken
+from ipt_bus.bus.router import start_router
+from ipt_bus.bus.stats import start_stats
+from ipt_bus.core.model import Event
+from ipt_bus.core.topics import matches_any
 from ipt_bus.storage.base import Query
 from ipt_bus.storage.memory import MemoryLog
-from ipt_bus.topics import matches_any
 
 TOPICS = ["a.x", "a.y", "b.x", "b"]
 PATTERNS = ["a.*", "a.**", "*.x", "b", "**", "b.*"]

@@ -6,8 +6,8 @@ import sys
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from ipt_bus import stats
-from ipt_bus.stats import Closed, Opened, Stats
+from ipt_bus.bus import stats
+from ipt_bus.bus.stats import Closed, Opened, Stats
 
 if TYPE_CHECKING:
     import pytest

@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ipt_bus import codec
-from ipt_bus.errors import ErrorCode, ProtocolError
-from ipt_bus.frames import Ping, Publish, Subscribe, Unsubscribe
-from ipt_bus.model import Event
+from ipt_bus.core import codec
+from ipt_bus.core.errors import ErrorCode, ProtocolError
+from ipt_bus.core.frames import Ping, Publish, Subscribe, Unsubscribe
+from ipt_bus.core.model import Event
 
 SPEC_TASK_EVENT = {
     "type": "task_status_changed",

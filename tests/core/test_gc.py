@@ -1,11 +1,11 @@
-"""The bus's garbage-collector settings (ipt_bus.bus.tune_gc)."""
+"""The bus's garbage-collector settings (ipt_bus.bus.node.tune_gc)."""
 
 from __future__ import annotations
 
 import gc
 
-from ipt_bus.bus import tune_gc
-from ipt_bus.config import BusConfig
+from ipt_bus.bus.node import tune_gc
+from ipt_bus.core.config import BusConfig
 
 
 def test_start_up_objects_are_frozen_and_the_default_thresholds_set() -> None:

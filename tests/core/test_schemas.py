@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from ipt_bus.errors import ErrorCode, ProtocolError
-from ipt_bus.model import Event
-from ipt_bus.schemas import SCHEMAS, check_events, check_payload, json_schemas
+from ipt_bus.core.errors import ErrorCode, ProtocolError
+from ipt_bus.core.model import Event
+from ipt_bus.core.schemas import SCHEMAS, check_events, check_payload, json_schemas
 from tests.conftest import REQUIRED
 
 

@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipt_bus.errors import ErrorCode, ProtocolError
-from ipt_bus.topics import TopicIndex, matches, parse_patterns, validate_pattern, validate_topic
+from ipt_bus.core.errors import ErrorCode, ProtocolError
+from ipt_bus.core.topics import (
+    TopicIndex,
+    matches,
+    parse_patterns,
+    validate_pattern,
+    validate_topic,
+)
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from ipt_bus.config import BusConfig
-from ipt_bus.connection import Connection
-from ipt_bus.errors import StorageError
-from ipt_bus.frames import ClientFrame, Ping
-from ipt_bus.router import Router
+from ipt_bus.bus.connection import Connection
+from ipt_bus.bus.router import Router
+from ipt_bus.core.config import BusConfig
+from ipt_bus.core.errors import StorageError
+from ipt_bus.core.frames import ClientFrame, Ping
 from ipt_bus.server import Server, listening_socket
 from ipt_bus.storage.memory import MemoryLog
 from tests import rawws
@@ -26,7 +26,7 @@ from tests.conftest import closed_code, event, recv, request, running_server, wa
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ipt_bus.model import Event
+    from ipt_bus.core.model import Event
     from ipt_bus.storage.base import Key, Record
 
 TEXT, BINARY, CLOSE, PING = 0x1, 0x2, 0x8, 0x9

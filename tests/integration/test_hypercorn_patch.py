@@ -1,4 +1,4 @@
-"""The hypercorn adjustment (ipt_bus._hypercorn) still applies to the installed hypercorn."""
+"""The hypercorn adjustment (ipt_bus.edge.transport) still applies to the installed hypercorn."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from importlib.metadata import version
 
 from hypercorn.trio.tcp_server import TCPServer
 
-from ipt_bus import _hypercorn
+from ipt_bus.edge import transport as _hypercorn
 from ipt_bus.web import create_app
 
 
@@ -65,7 +65,7 @@ def test_the_direct_sender_is_found_only_on_hypercorns_http11_websocket() -> Non
 
 
 async def test_other_asgi_servers_get_one_websocket_send_per_message() -> None:
-    from ipt_bus.web import AsgiWebSocket
+    from ipt_bus.edge.app import AsgiWebSocket
 
     sent: list[dict[str, object]] = []
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import trio
 
-from ipt_bus.web import STANDARD_TOPICS, create_app
+from ipt_bus.edge.app import STANDARD_TOPICS, create_app
 from tests import rawws
 from tests.conftest import event, running_server, wait_for
 

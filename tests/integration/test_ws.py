@@ -12,7 +12,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from ipt_bus import _hypercorn
+from ipt_bus.edge import transport as _hypercorn
 from tests import rawws
 from tests.conftest import (
     closed_code,

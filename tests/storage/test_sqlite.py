@@ -14,8 +14,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipt_bus.errors import StorageFull, StorageOpenError
-from ipt_bus.model import Event
+from ipt_bus.core.errors import StorageFull, StorageOpenError
+from ipt_bus.core.model import Event
 from ipt_bus.storage.base import Key, Query
 from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.seqfile import RESERVE_SEQS, SEQ_FILE, SeqRecord

@@ -15,7 +15,7 @@ from ipt_bus.client._common import (
 )
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
-from ipt_bus.model import Event, Published
+from ipt_bus.core.model import Event, Published
 
 __all__ = [
     "BusUnavailable",

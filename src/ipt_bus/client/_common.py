@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import orjson
 
-from ipt_bus.codec import event_to_wire
-from ipt_bus.config import DEFAULT_PORT
-from ipt_bus.model import Event, Published
+from ipt_bus.core.codec import event_to_wire
+from ipt_bus.core.config import DEFAULT_PORT
+from ipt_bus.core.model import Event, Published
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

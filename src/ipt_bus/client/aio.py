@@ -32,8 +32,8 @@ from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnec
 
 from ipt_bus.client import _common
 from ipt_bus.client._common import BusUnavailable, Gap, HistoryLost, PublishRejected
-from ipt_bus.model import Event, Published
-from ipt_bus.topics import matches_any, validate_pattern
+from ipt_bus.core.model import Event, Published
+from ipt_bus.core.topics import matches_any, validate_pattern
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -25,8 +25,8 @@ from ipt_bus.client._common import (
 )
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
-from ipt_bus.codec import event_to_wire
-from ipt_bus.model import Event
+from ipt_bus.core.codec import event_to_wire
+from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

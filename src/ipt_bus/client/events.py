@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ipt_bus.model import Event
+from ipt_bus.core.model import Event
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

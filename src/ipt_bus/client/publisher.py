@@ -22,7 +22,7 @@ from ipt_bus.client import _common, events
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ipt_bus.model import Event, Published
+    from ipt_bus.core.model import Event, Published
 
 P = ParamSpec("P")
 Self = TypeVar("Self", bound="EventBusPublisher")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
-from ipt_bus.model import Event, Published
-from ipt_bus.topics import matches_any
+from ipt_bus.core.model import Event, Published
+from ipt_bus.core.topics import matches_any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ipt_bus.codec import encode_event
-from ipt_bus.model import Event, Published
+from ipt_bus.core.codec import encode_event
+from ipt_bus.core.model import Event, Published
 from ipt_bus.storage.base import (
     Key,
     KeyWindow,

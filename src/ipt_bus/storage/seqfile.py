@@ -24,7 +24,7 @@ from typing import Final
 
 import attrs
 
-from ipt_bus.errors import StorageOpenError
+from ipt_bus.core.errors import StorageOpenError
 
 SEQ_FILE: Final = "events.seq"
 RESERVE_SEQS: Final = 100_000  # how far ahead each synced reservation reaches

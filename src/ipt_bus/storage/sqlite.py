@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 
-from ipt_bus.codec import encode_event
-from ipt_bus.errors import StorageError, StorageFull, StorageOpenError
+from ipt_bus.core.codec import encode_event
+from ipt_bus.core.errors import StorageError, StorageFull, StorageOpenError
+from ipt_bus.core.topics import matches_any
 from ipt_bus.storage.base import (
     DeadLetter,
     Key,
@@ -48,12 +49,11 @@ from ipt_bus.storage.base import (
 )
 from ipt_bus.storage.seqfile import RESERVE_SEQS, SEQ_FILE, SeqRecord
 from ipt_bus.storage.worker import Worker
-from ipt_bus.topics import matches_any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ipt_bus.model import Event, Published
+    from ipt_bus.core.model import Event, Published
 
 Durability = Literal["safe", "fast"]
 FILE_NAME: Final = "events.sqlite3"

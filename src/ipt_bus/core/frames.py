@@ -1,7 +1,7 @@
 """Control frames of the WebSocket protocol (DESIGN §3).
 
 A frame with an ``action`` key is control; one without is an event. Client actions are decoded
-by `ipt_bus.codec.decode_client_frame`; server frames are built here and encoded there.
+by `ipt_bus.core.codec.decode_client_frame`; server frames are built here and encoded there.
 """
 
 from __future__ import annotations

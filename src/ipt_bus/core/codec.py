@@ -18,10 +18,10 @@ import cattrs
 import orjson
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
-from ipt_bus.errors import ErrorCode, LimitExceeded, ProtocolError
-from ipt_bus.frames import CLIENT_ACTIONS, ClientFrame, Publish, RequestId
-from ipt_bus.model import Event
-from ipt_bus.topics import validate_topic
+from ipt_bus.core.errors import ErrorCode, LimitExceeded, ProtocolError
+from ipt_bus.core.frames import CLIENT_ACTIONS, ClientFrame, Publish, RequestId
+from ipt_bus.core.model import Event
+from ipt_bus.core.topics import validate_topic
 
 MAX_TYPE_CHARS: Final = 128
 MAX_LABEL_CHARS: Final = 256  # source, correlation_id

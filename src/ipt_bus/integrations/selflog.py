@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ipt_bus.errors import BusError
-from ipt_bus.model import Event
+from ipt_bus.core.errors import BusError
+from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
-    from ipt_bus.router import RouterHandle
+    from ipt_bus.bus.router import RouterHandle
 
 DRAIN_SECONDS: Final = 0.25
 

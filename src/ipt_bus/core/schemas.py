@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ipt_bus.errors import ErrorCode, ProtocolError
+from ipt_bus.core.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ipt_bus.model import Event
+    from ipt_bus.core.model import Event
 
 
 class Validation(enum.StrEnum):

@@ -22,12 +22,12 @@ from typing import Any, TypeVar, assert_never, final
 import attrs
 import trio
 
-from ipt_bus.errors import BusClosed, LimitExceeded, Overloaded, StorageError
-from ipt_bus.model import Event, Published
-from ipt_bus.outbox import Outbox
-from ipt_bus.stats import Accepted, Counted, Dropped, StatsHandle
+from ipt_bus.bus.outbox import Outbox
+from ipt_bus.bus.stats import Accepted, Counted, Dropped, StatsHandle
+from ipt_bus.core.errors import BusClosed, LimitExceeded, Overloaded, StorageError
+from ipt_bus.core.model import Event, Published
+from ipt_bus.core.topics import TopicIndex
 from ipt_bus.storage.base import EventLog, Key, Record
-from ipt_bus.topics import TopicIndex
 
 ConnId = int
 Answer = tuple[int, "list[Published] | Exception"]

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ipt_bus import __version__, filewatch, schemas
-from ipt_bus.config import BusConfig
-from ipt_bus.dlq import DeadLetters
-from ipt_bus.errors import CloseCode, ProtocolError, StartupError, StorageError
-from ipt_bus.router import RouterHandle, start_router
-from ipt_bus.selflog import BusLogHandler
-from ipt_bus.stats import Counted, StatsHandle, start_stats
+from ipt_bus import __version__
+from ipt_bus.bus.dlq import DeadLetters
+from ipt_bus.bus.router import RouterHandle, start_router
+from ipt_bus.bus.stats import Counted, StatsHandle, start_stats
+from ipt_bus.core import schemas
+from ipt_bus.core.config import BusConfig
+from ipt_bus.core.errors import CloseCode, ProtocolError, StartupError, StorageError
+from ipt_bus.integrations import files as filewatch
+from ipt_bus.integrations.selflog import BusLogHandler
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
@@ -32,9 +34,9 @@ from ipt_bus.storage.sqlite import Retention, SqliteLog
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ipt_bus.model import Event
+    from ipt_bus.core.model import Event
 
-log = logging.getLogger("ipt_bus.bus")
+log = logging.getLogger("ipt_bus.bus.node")
 
 
 @final

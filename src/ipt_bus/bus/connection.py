@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import attrs
 import trio
 
-from ipt_bus import codec
-from ipt_bus.bus import BusHandle
-from ipt_bus.errors import (
+from ipt_bus.bus.node import BusHandle
+from ipt_bus.bus.outbox import Missed, Outbox
+from ipt_bus.bus.router import Answer, Peer, wait_published
+from ipt_bus.bus.stats import Closed, Counted, Latency, Opened
+from ipt_bus.core import codec
+from ipt_bus.core.errors import (
     BusClosed,
     BusError,
     CloseCode,
@@ -33,17 +36,14 @@ from ipt_bus.errors import (
     StorageError,
     as_protocol_error,
 )
-from ipt_bus.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
-from ipt_bus.outbox import Missed, Outbox
-from ipt_bus.router import Answer, Peer, wait_published
-from ipt_bus.stats import Closed, Counted, Latency, Opened
+from ipt_bus.core.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
+from ipt_bus.core.topics import validate_pattern
 from ipt_bus.storage.base import Query
-from ipt_bus.topics import validate_pattern
 
 if TYPE_CHECKING:
-    from ipt_bus.model import Published
+    from ipt_bus.core.model import Published
 
-log = logging.getLogger("ipt_bus.connection")
+log = logging.getLogger("ipt_bus.bus.connection")
 
 CATCH_UP_PAGE_EVENTS: Final = 1_000  # events per log read while catching up
 LATENCY_SAMPLE_SECONDS: Final = 0.05

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ipt_bus.errors import CloseCode
+from ipt_bus.core.errors import CloseCode
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

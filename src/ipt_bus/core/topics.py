@@ -15,7 +15,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 
-from ipt_bus.errors import ErrorCode, ProtocolError
+from ipt_bus.core.errors import ErrorCode, ProtocolError
 
 MAX_TOPIC_CHARS: Final = 255
 MAX_TOPIC_SEGMENTS: Final = 16

@@ -26,20 +26,20 @@ import orjson
 import trio
 import watchfiles
 
-from ipt_bus import codec
-from ipt_bus.errors import BusError, ErrorCode, ProtocolError, StorageError
+from ipt_bus.core import codec
+from ipt_bus.core.errors import BusError, ErrorCode, ProtocolError, StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ipt_bus.config import BusConfig
-    from ipt_bus.dlq import DeadLetters
-    from ipt_bus.model import Event
-    from ipt_bus.router import RouterHandle
+    from ipt_bus.bus.dlq import DeadLetters
+    from ipt_bus.bus.router import RouterHandle
+    from ipt_bus.core.config import BusConfig
+    from ipt_bus.core.model import Event
 
 
 class BusParts(Protocol):
-    """What the watcher uses of the bus (`ipt_bus.bus.BusHandle` has it)."""
+    """What the watcher uses of the bus (`ipt_bus.bus.node.BusHandle` has it)."""
 
     config: BusConfig
     router: RouterHandle
@@ -48,7 +48,7 @@ class BusParts(Protocol):
     def validate(self, events: Sequence[Event], field: str, *, batch: bool) -> None: ...
 
 
-log = logging.getLogger("ipt_bus.filewatch")
+log = logging.getLogger("ipt_bus.integrations.files")
 
 LINE_FILES: Final = (".jsonl", ".ndjson")
 DOCUMENT_FILES: Final = (".json",)

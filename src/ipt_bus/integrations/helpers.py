@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
 
-    from ipt_bus.model import Published
+    from ipt_bus.core.model import Published
 
 
 class TaskRun(contextlib.ContextDecorator):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from ipt_bus.errors import BusError, StorageError, as_protocol_error
+from ipt_bus.core.errors import BusError, StorageError, as_protocol_error
 from ipt_bus.storage.base import DeadLetter
 
 if TYPE_CHECKING:

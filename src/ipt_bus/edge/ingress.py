@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from ipt_bus import codec
-from ipt_bus.errors import (
+from ipt_bus.core import codec
+from ipt_bus.core.errors import (
     BusClosed,
     BusError,
     ErrorCode,
@@ -28,7 +28,7 @@ from ipt_bus.errors import (
 )
 
 if TYPE_CHECKING:
-    from ipt_bus.bus import BusHandle
+    from ipt_bus.bus.node import BusHandle
 
 JSON: Final = "application/json"
 _JSON_HEADERS: Final = [(b"content-type", JSON.encode())]

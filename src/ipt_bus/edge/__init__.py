@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket edge: the one publish ingress, REST, WebSocket admission, transport."""
