@@ -19,8 +19,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ipt_bus.bus.node import BusHandle, run_bus
-from ipt_bus.edge import transport as _hypercorn
+from ipt_bus.edge import transport
 from ipt_bus.edge.app import create_app
+from ipt_bus.integrations.files import check_watch_dir
+from ipt_bus.integrations.runner import run_integrations
 
 if TYPE_CHECKING:
     from ipt_bus.core.config import BusConfig
@@ -75,9 +77,9 @@ def listening_socket(config: BusConfig) -> socket.socket:
 
 def hypercorn_config(config: BusConfig, sock: socket.socket) -> HypercornConfig:
     """hypercorn settings for `config`, serving on `sock` (hypercorn takes it over)."""
-    _hypercorn.install(message_deadline_seconds=config.message_deadline_seconds)
+    transport.install(message_deadline_seconds=config.message_deadline_seconds)
     hc = HypercornConfig()
-    setattr(hc, _hypercorn.WRITE_DEADLINE_ATTR, config.write_deadline_seconds)
+    setattr(hc, transport.WRITE_DEADLINE_ATTR, config.write_deadline_seconds)
     hc.bind = [f"fd://{sock.detach()}"]
     hc.websocket_ping_interval = config.ping_interval_seconds
     hc.websocket_max_message_size = config.max_message_bytes
@@ -94,13 +96,19 @@ async def serve(
     handle_signals: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a bus node and its HTTP/WebSocket server until shutdown.
+    """Run a bus node, its integrations and its HTTP/WebSocket server until shutdown.
 
     With `handle_signals`, SIGINT and SIGTERM start the orderly shutdown. Reports a `Server`
     (bound URLs and the bus handle) once listening.
+
+    Raises:
+        StartupError: the configuration cannot be served (a log or watch directory that cannot
+            be used), before anything listens.
     """
+    check_watch_dir(config)
     async with trio.open_nursery() as nursery:
         bus: BusHandle = await nursery.start(run_bus, config)
+        nursery.start_soon(run_integrations, bus)
         signal_scope = trio.CancelScope()
         if handle_signals:
             nursery.start_soon(_shutdown_on_signals, bus, signal_scope)

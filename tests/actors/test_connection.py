@@ -51,7 +51,9 @@ async def test_a_client_past_the_frame_rate_is_read_slower(
     async with trio.open_nursery() as nursery:
         bus = await nursery.start(run_bus, config)
         start = trio.current_time()
-        nursery.start_soon(Connection(sock, bus, ConnectParams()).run)
+        connection = Connection(sock, bus, ConnectParams())
+        await connection.attach()
+        nursery.start_soon(connection.run)
         await sock.all_pongs.wait()
         pongs = [t for t, text in sock.sent if '"pong"' in text]
         # a burst of 100 at once, then 100 a second: the 300th after about 2 s

@@ -49,9 +49,9 @@ async def seqs(outbox: Outbox) -> list[int]:
 async def test_publish_assigns_increasing_seqs_and_fans_out_to_matches(actors: Actors) -> None:
     router, stats, _log = actors
     tasks, everything, costs = box(), box(), box()
-    assert await router.attach(1, tasks, ["task.*"]) == 0
-    await router.attach(2, everything, ["**"])
-    await router.attach(3, costs, ["cost.update"])
+    assert await router.attach(tasks, ["task.*"]) == 1  # the router gives ids, from 1
+    await router.attach(everything, ["**"])
+    await router.attach(costs, ["cost.update"])
     published = await router.publish(
         [ev("task.status"), ev("cost.update"), ev("task.a.b")], timeout=5
     )
@@ -68,7 +68,7 @@ async def test_publish_assigns_increasing_seqs_and_fans_out_to_matches(actors: A
 async def test_overlapping_patterns_deliver_once(actors: Actors) -> None:
     router, _, _ = actors
     outbox = box()
-    await router.attach(1, outbox, ["task.*", "task.status", "**"])
+    await router.attach(outbox, ["task.*", "task.status", "**"])
     await router.publish([ev("task.status")], timeout=5)
     assert await seqs(outbox) == [1]
 
@@ -76,7 +76,7 @@ async def test_overlapping_patterns_deliver_once(actors: Actors) -> None:
 async def test_subscribe_unsubscribe_and_limit(actors: Actors) -> None:
     router, _, _ = actors
     outbox = box()
-    await router.attach(1, outbox, ["a"])
+    await router.attach(outbox, ["a"])
     assert await router.subscribe(1, ["b", "c"]) == {"a", "b", "c"}
     with pytest.raises(LimitExceeded, match="more than 3 subscriptions"):
         await router.subscribe(1, ["d"])
@@ -88,7 +88,7 @@ async def test_subscribe_unsubscribe_and_limit(actors: Actors) -> None:
 async def test_detach_stops_delivery(actors: Actors) -> None:
     router, _, _ = actors
     outbox = box()
-    await router.attach(1, outbox, ["**"])
+    await router.attach(outbox, ["**"])
     await router.detach(1)
     await router.publish([ev("a")], timeout=5)
     assert outbox.offered == 0
@@ -99,8 +99,8 @@ async def test_a_full_outbox_falls_back_on_the_log_and_others_are_unaffected(
 ) -> None:
     router, stats, _ = actors
     slow, healthy = box(max_events=2), box()
-    await router.attach(1, slow, ["**"])
-    await router.attach(2, healthy, ["**"])
+    await router.attach(slow, ["**"])
+    await router.attach(healthy, ["**"])
     await router.publish([ev("a", i) for i in range(5)], timeout=5)
     assert await seqs(healthy) == [1, 2, 3, 4, 5]
     assert (slow.offered, slow.deferred, slow.dropped) == (5, 3, 0)
@@ -115,7 +115,7 @@ async def test_a_full_outbox_falls_back_on_the_log_and_others_are_unaffected(
 async def test_a_closed_outbox_drops_what_still_matches_and_it_is_counted(actors: Actors) -> None:
     router, stats, _ = actors
     closing = box()
-    await router.attach(1, closing, ["**"])
+    await router.attach(closing, ["**"])
     closing.close(1001)
     await router.publish([ev("a", i) for i in range(3)], timeout=5)
     assert closing.dropped == 3
@@ -127,7 +127,7 @@ async def test_attach_with_since_starts_with_the_history_missed(actors: Actors) 
     router, _, _ = actors
     await router.publish([ev("a", i) for i in range(4)], timeout=5)
     resumed = box()
-    assert await router.attach(1, resumed, ["a"], since=1) == 4
+    assert await router.attach(resumed, ["a"], since=1) == 1
     taken = await resumed.take()
     assert [(m.after, m.upto, m.patterns) for m in taken.missed] == [(1, 4, ("a",))]
     views = router.connections()

@@ -50,8 +50,7 @@ async def scenario(steps: list[tuple[Any, ...]]) -> None:
         patterns: dict[int, set[str]] = {c: set() for c in range(CONNS)}
         expected: dict[int, list[int]] = {c: [] for c in range(CONNS)}  # matching seqs, in order
         got: dict[int, list[int]] = {c: [] for c in range(CONNS)}
-        for c in range(CONNS):
-            await router.attach(c, outboxes[c], ["nothing.here"])
+        ids = {c: await router.attach(outboxes[c], ["nothing.here"]) for c in range(CONNS)}
 
         async def drain(c: int, taken: Taken) -> None:
             """What a connection's writer does: the queue, then the missed ranges from the log."""
@@ -65,10 +64,10 @@ async def scenario(steps: list[tuple[Any, ...]]) -> None:
         for step in steps:
             kind = step[0]
             if kind == "sub" and step[1] in attached:
-                await router.subscribe(step[1], [step[2]])
+                await router.subscribe(ids[step[1]], [step[2]])
                 patterns[step[1]].add(step[2])
             elif kind == "unsub" and step[1] in attached:
-                await router.subscribe(step[1], [step[2]], subscribe=False)
+                await router.subscribe(ids[step[1]], [step[2]], subscribe=False)
                 patterns[step[1]].discard(step[2])
             elif kind == "pub":
                 published = await router.publish(
@@ -82,7 +81,7 @@ async def scenario(steps: list[tuple[Any, ...]]) -> None:
                 if outboxes[step[1]].queued or outboxes[step[1]].behind:
                     await drain(step[1], await outboxes[step[1]].take())
             elif kind == "detach" and step[1] in attached:
-                await router.detach(step[1])
+                await router.detach(ids[step[1]])
                 attached.discard(step[1])
         # the router fans out in the same step as it answers a publish: all offers are made
         for c in range(CONNS):

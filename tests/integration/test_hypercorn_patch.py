@@ -65,7 +65,7 @@ def test_the_direct_sender_is_found_only_on_hypercorns_http11_websocket() -> Non
 
 
 async def test_other_asgi_servers_get_one_websocket_send_per_message() -> None:
-    from ipt_bus.edge.app import AsgiWebSocket
+    from ipt_bus.edge.transport import AsgiWebSocket
 
     sent: list[dict[str, object]] = []
 

@@ -11,7 +11,8 @@ import orjson
 import pytest
 import trio
 
-from ipt_bus.edge.app import STANDARD_TOPICS, create_app
+from ipt_bus.core.schemas import CATALOGUE
+from ipt_bus.web import create_app
 from tests import rawws
 from tests.conftest import event, running_server, wait_for
 
@@ -40,7 +41,7 @@ async def test_spec_rest_queries(http: httpx.AsyncClient) -> None:
     assert [e["payload"]["i"] for e in tasks["events"]] == [3, 5, 7, 9, 11]
     # curl http://127.0.0.1:8765/topics
     topics = {t["topic"]: t for t in (await http.get("/topics")).json()["topics"]}
-    assert set(STANDARD_TOPICS) <= set(topics)
+    assert set(CATALOGUE) <= set(topics)
     assert topics["task.status"]["count"] == 6
     assert topics["task.status"]["last_seen"].endswith("Z")
     assert topics["task.created"] == {

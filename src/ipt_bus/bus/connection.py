@@ -16,11 +16,15 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 import trio
 
+from ipt_bus import __version__
+from ipt_bus.bus import ingress
+from ipt_bus.bus.ingress import Origin
 from ipt_bus.bus.node import BusHandle
 from ipt_bus.bus.outbox import Missed, Outbox
 from ipt_bus.bus.router import Answer, Peer, wait_published
@@ -36,12 +40,24 @@ from ipt_bus.core.errors import (
     StorageError,
     as_protocol_error,
 )
-from ipt_bus.core.frames import ClientFrame, Ping, Publish, RequestId, Subscribe, Unsubscribe
+from ipt_bus.core.frames import (
+    Acked,
+    ClientFrame,
+    Ping,
+    Pong,
+    Publish,
+    RequestId,
+    ServerFrame,
+    Subscribe,
+    Subscriptions,
+    Unsubscribe,
+    Welcome,
+)
 from ipt_bus.core.topics import validate_pattern
-from ipt_bus.storage.base import Query
+from ipt_bus.storage.base import Query, resume_point, retention_gap
 
 if TYPE_CHECKING:
-    from ipt_bus.core.model import Published
+    from ipt_bus.core.model import Event, Published
 
 log = logging.getLogger("ipt_bus.bus.connection")
 
@@ -58,13 +74,9 @@ class Disconnected(Exception):
         self.code = code
 
 
-def _ack(frame: Publish, published: list[Published]) -> dict[str, Any]:
-    reply: dict[str, Any] = {"action": "published", "id": frame.id}
-    if frame.event is not None:
-        reply["event"] = {"id": published[0].id, "seq": published[0].seq}
-    else:
-        reply["events"] = [{"id": p.id, "seq": p.seq} for p in published]
-    return reply
+def _raw(frame: Publish) -> str:
+    """What a publish carried (its `event` object or `events` list), as a dead letter keeps it."""
+    return codec.dumps(frame.event if frame.event is not None else frame.events).decode()
 
 
 class WebSocketLike(Protocol):
@@ -128,8 +140,9 @@ class Connection:
     _bus: BusHandle
     _params: ConnectParams
     _remote: str | None = None  # the peer's address, as `/connections` shows it
-    conn_id: int = attrs.field(init=False)
-    _peer: Peer = attrs.field(init=False)
+    conn_id: int = 0  # given by the router at `attach`
+    _first: list[str] = attrs.field(factory=list)  # what the client is told after `welcome`
+    _origin: Origin = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
     _batch: bool = attrs.field(init=False)
     _pipeline: _Pipeline | None = None  # made on the first publish: most subscribers never do
@@ -139,9 +152,8 @@ class Connection:
 
     def __attrs_post_init__(self) -> None:
         cfg = self._bus.config
-        self.conn_id = self._bus.next_conn_id()
-        self._peer = Peer(self._remote, time.time())
-        self._batch = False
+        self._origin = Origin("ws", self._remote)
+        self._batch = self._params.batch
         self._outbox = Outbox(
             max_events=cfg.outbox_events,
             max_bytes=cfg.outbox_bytes,
@@ -149,8 +161,22 @@ class Connection:
             slow_consumer_seconds=cfg.slow_consumer_seconds,
         )
 
+    async def attach(self) -> None:
+        """Register with the router, before the WebSocket is accepted.
+
+        Raises:
+            Overloaded: the bus has its maximum of connections (refuse the handshake: 503).
+            LimitExceeded: the connect parameters ask for too many patterns (400).
+            BusClosed: the bus is shutting down.
+        """
+        since, self._first = self._resume_point()
+        peer = Peer(self._remote, time.time(), self._batch)
+        self.conn_id = await self._bus.router.attach(
+            self._outbox, self._params.patterns, since=since, peer=peer
+        )
+
     async def run(self) -> int:
-        """Serve the connection until either side closes it; returns the close code.
+        """Serve the attached connection until either side closes it; returns the close code.
 
         Never raises except `trio.Cancelled`: errors become a 1011 close.
         """
@@ -158,15 +184,10 @@ class Connection:
         bus.stats.record(Opened(self.conn_id))
         peer_gone = False
         try:
-            self._set_batch(self._params.batch)  # left in `finally` below
-            since, first = self._resume_point()
-            await bus.router.attach(
-                self.conn_id, self._outbox, self._params.patterns, since=since, peer=self._peer
-            )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._writer, first)
+                nursery.start_soon(self._writer, self._first)
                 self.close_code = await self._outbox.wait_closed()
                 nursery.cancel_scope.cancel()
             peer_gone = self.close_code < 0
@@ -176,7 +197,6 @@ class Connection:
             log.exception("connection %d failed; closing it with 1011", self.conn_id)
             self.close_code = int(CloseCode.INTERNAL_ERROR)
         finally:
-            self._set_batch(False)
             await bus.router.detach(self.conn_id)
         if peer_gone:
             self.close_code = -self.close_code
@@ -188,24 +208,13 @@ class Connection:
         return self.close_code
 
     def _resume_point(self) -> tuple[int | None, list[str]]:
-        """Where a `since=` resume starts reading, and what to tell the client first.
-
-        A `since` from another epoch (or past the end of this log) means the history it counts
-        in is gone: the client is told so (`gap`, reason `epoch`) and gets this log from its start.
-        """
+        """Where a `since=` resume starts reading, and what to tell the client first (a `gap`
+        with reason `epoch` when its `seq` counts in another log's history)."""
         since = self._params.since
         if since is None:
             return None, []
-        event_log = self._bus.log
-        epoch = self._params.epoch
-        if (epoch is not None and epoch != event_log.epoch) or since > event_log.last_seq:
-            return 0, [codec.gap_frame("epoch", since + 1, None, epoch=event_log.epoch)]
-        return since, []
-
-    def _set_batch(self, on: bool) -> None:
-        if on != self._batch:
-            self._bus.batch_writers += 1 if on else -1
-            self._batch = self._peer.batch = on
+        start, gap = resume_point(since, self._params.epoch, self._bus.log)
+        return start, [] if gap is None else [codec.encode_frame(gap)]
 
     # --- reading ---
 
@@ -260,44 +269,43 @@ class Connection:
                 case Publish():
                     await self._publish(frame, small=small)
                 case Subscribe():
-                    await self._subscribe(frame.id, frame.topics, subscribe=True)
-                    if frame.batch is not None:
-                        self._set_batch(frame.batch)
+                    await self._subscribe(frame.id, frame.topics, subscribe=True, batch=frame.batch)
                 case Unsubscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=False)
                 case Ping():
-                    await self._reply({"action": "pong", "id": frame.id})
+                    await self._reply(Pong(frame.id))
         except BusError as exc:
             await self._error(frame.id, as_protocol_error(exc))
 
     async def _publish(self, frame: Publish, *, small: bool) -> None:
         cfg = self._bus.config
         max_bytes = None if small else cfg.max_event_bytes
-        try:
+
+        def decode() -> list[Event]:
             if frame.event is not None:
-                events = [codec.decode_event(frame.event, "event", max_bytes=max_bytes)]
-            else:
-                assert frame.events is not None
-                events = codec.decode_batch(
-                    frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
-                )
-            batch = frame.event is None
-            self._bus.validate(events, "events" if batch else "event", batch=batch)
-        except ProtocolError as exc:
-            self._dead_letter(frame, exc)
-            raise
+                return [codec.decode_event(frame.event, "event", max_bytes=max_bytes)]
+            assert frame.events is not None
+            return codec.decode_batch(
+                frame.events, "events", max_events=cfg.max_batch_events, max_bytes=max_bytes
+            )
+
         pipeline = self._pipeline
         if pipeline is None:
             pipeline = self._pipeline = _Pipeline.open(cfg.publishes_in_flight)
             assert self._nursery is not None
             self._nursery.start_soon(self._acker, pipeline)
         pipeline.token += 1
-        await self._bus.router.submit(
-            events,
+        batch = frame.event is None
+        await ingress.submit(
+            self._bus,
+            self._origin,
+            decode,
+            partial(_raw, frame),
+            field="events" if batch else "event",
+            batch=batch,
+            key=frame.idempotency_key,
             reply=pipeline.answers,
             token=pipeline.token,
-            timeout=cfg.publish_timeout_seconds,
-            key=frame.idempotency_key,
         )
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
         await pipeline.in_flight.send((frame, pipeline.token))
@@ -309,44 +317,37 @@ class Connection:
                 published = await pipeline.answer_for(token, timeout)
             except BusError as exc:
                 if isinstance(exc, StorageError):
-                    self._dead_letter(frame, exc)
+                    ingress.failed(self._bus, self._origin, exc, partial(_raw, frame))
                 await self._error(frame.id, as_protocol_error(exc))
             else:
                 if frame.ack:
-                    await self._reply(_ack(frame, published))
+                    await self._reply(Acked(frame.id, published, frame.event is None))
 
-    def _dead_letter(self, frame: Publish, exc: BusError) -> None:
-        """Keep what a publish carried (the `event` object or the `events` list) with its error."""
-        raw = frame.event if frame.event is not None else frame.events
-        self._bus.dead_letters.add("ws", exc, codec.dumps(raw).decode())
-
-    async def _subscribe(self, rid: RequestId, topics: list[str], *, subscribe: bool) -> None:
+    async def _subscribe(
+        self, rid: RequestId, topics: list[str], *, subscribe: bool, batch: bool | None = None
+    ) -> None:
         if not topics:
             raise ProtocolError(ErrorCode.INVALID_FIELD, "'topics' is empty", "topics")
         patterns = [validate_pattern(t, "topics") for t in topics]
-        held = await self._bus.router.subscribe(self.conn_id, patterns, subscribe=subscribe)
-        await self._reply(
-            {
-                "action": "subscribed" if subscribe else "unsubscribed",
-                "id": rid,
-                "topics": sorted(held),
-            }
+        held = await self._bus.router.subscribe(
+            self.conn_id, patterns, subscribe=subscribe, batch=batch
         )
+        if batch is not None:
+            self._batch = batch
+        await self._reply(Subscriptions(rid, sorted(held), subscribe))
 
-    async def _reply(self, frame: dict[str, Any]) -> None:
-        if frame.get("id") is None:
-            frame.pop("id", None)
-        await self._outbox.reply(codec.dumps(frame).decode())
+    async def _reply(self, frame: ServerFrame) -> None:
+        await self._outbox.reply(codec.encode_frame(frame))
 
     async def _error(self, rid: RequestId, exc: ProtocolError) -> None:
-        await self._reply({"action": "error", "id": rid, "error": exc.to_wire()})
+        await self._reply(codec.error_frame(rid, exc))
 
     # --- writing ---
 
     async def _writer(self, first: list[str]) -> None:
         outbox = self._outbox
         try:
-            await self._ws.send_many([codec.dumps(self._bus.welcome()).decode(), *first])
+            await self._ws.send_many([codec.encode_frame(self._welcome()), *first])
             last_send = -math.inf
             overflows = 0
             while True:
@@ -354,7 +355,7 @@ class Connection:
                     # Under load, wait out the window since the last message so a backlog
                     # builds up and leaves as one message; an idle subscriber is not delayed.
                     await outbox.wait_ready()
-                    window = self._bus.batch_window()
+                    window = self._batch_window()
                     if trio.current_time() - last_send < window:
                         await trio.sleep_until(last_send + window)
                     last_send = trio.current_time()
@@ -379,6 +380,27 @@ class Connection:
                         self._bus.stats.record(Latency(now - taken.oldest_accepted_at))
         except Disconnected as exc:
             outbox.close(-exc.code)
+
+    def _welcome(self) -> Welcome:
+        bus = self._bus
+        return Welcome(
+            version=__version__,
+            node=bus.node,
+            epoch=bus.log.epoch,
+            seq=bus.log.last_seq,
+            limits=bus.config.limits(),
+        )
+
+    def _batch_window(self) -> float:
+        """Least time between two messages to this connection while it is busy with batching.
+
+        All batch connections together send at most `batch_messages_per_second` messages, so a
+        crowd of subscribers cannot spend the whole core on per-message costs; the window never
+        drops below `batch_linger_seconds`.
+        """
+        cfg = self._bus.config
+        crowd = self._bus.router.batch_connections
+        return max(cfg.batch_linger_seconds, crowd / cfg.batch_messages_per_second)
 
     async def _send_frames(self, frames: list[str]) -> None:
         if not self._batch or len(frames) == 1:
@@ -418,9 +440,9 @@ class Connection:
                         since, query, CATCH_UP_PAGE_EVENTS, until=upto
                     )
                     frames = outbox.take_replies()
-                    if since < page.first_seq - 1:
-                        gap_to = min(page.first_seq - 1, upto)
-                        frames.append(codec.gap_frame("retention", since + 1, gap_to))
+                    gap = retention_gap(since, page, upto)
+                    if gap is not None:
+                        frames.append(codec.encode_frame(gap))
                     frames.extend(r.data for r in page.records)
                     if frames:
                         await self._send_frames(frames)

@@ -1,6 +1,7 @@
 """`run_bus`: the root nursery of one bus node and its shutdown order.
 
-Start order: log (a broken one stops start-up here) → stats → router → retention. Stop order
+Start order: log (a broken one stops start-up here) → stats → router → retention. The
+integrations (file watcher, the bus's own logs) are wired in by the server. Stop order
 (`BusHandle.shutdown`): tell connections to close with 1001 and wait (bounded) for them to
 detach, then close the router's inbox (it handles what was already sent), then the stats actor
 and retention, then close the log (a durable one finishes its queued writes and checkpoints).
@@ -9,40 +10,42 @@ and retention, then close the log (a durable one finishes its queued writes and 
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import final
 
 import attrs
 import trio
 
-from ipt_bus import __version__
 from ipt_bus.bus.dlq import DeadLetters
 from ipt_bus.bus.router import RouterHandle, start_router
-from ipt_bus.bus.stats import Counted, StatsHandle, start_stats
-from ipt_bus.core import schemas
+from ipt_bus.bus.stats import StatsHandle, start_stats
 from ipt_bus.core.config import BusConfig
-from ipt_bus.core.errors import CloseCode, ProtocolError, StartupError, StorageError
-from ipt_bus.integrations import files as filewatch
-from ipt_bus.integrations.selflog import BusLogHandler
+from ipt_bus.core.errors import CloseCode, StorageError
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from ipt_bus.core.model import Event
 
 log = logging.getLogger("ipt_bus.bus.node")
 
 
 @final
-@attrs.define
+@attrs.frozen
+class Lifecycle:
+    """A bus node's stop signals: `shutting_down` once the orderly stop began, `stopped` once
+    `run_bus` returned; `force` is cancelled to stop waiting for connections to close."""
+
+    shutting_down: trio.Event = attrs.field(factory=trio.Event)
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+    force: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+@final
+@attrs.frozen
 class BusHandle:
-    """What the web layer and connections hold: the actors' handles, the config, the log."""
+    """What the edges, connections and integrations share: references only, never written to
+    by the tasks that use it. Counts live in the actors (connections in the router)."""
 
     config: BusConfig
     router: RouterHandle
@@ -50,73 +53,23 @@ class BusHandle:
     log: EventLog
     dead_letters: DeadLetters
     node: str
-    shutting_down: trio.Event = attrs.field(factory=trio.Event)
-    _stopped: trio.Event = attrs.field(factory=trio.Event)
-    _force: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
 
-    batch_writers: int = 0  # connections in batch mode: they share the batch message budget
-    websockets: int = 0  # accepted WebSocket connections, counted at the edge (the cap)
-
-    def next_conn_id(self) -> int:
-        return next(self._conn_ids)
-
-    def batch_window(self) -> float:
-        """Least time between two messages to one batch-mode connection while it is busy.
-
-        All batch writers together send at most `batch_messages_per_second` messages, so a
-        crowd of subscribers cannot spend the whole core on per-message costs; the window never
-        drops below `batch_linger_seconds`.
-        """
-        cfg = self.config
-        return max(cfg.batch_linger_seconds, self.batch_writers / cfg.batch_messages_per_second)
-
-    def validate(self, events: Sequence[Event], field: str, *, batch: bool) -> None:
-        """Check standard-topic payloads as `validation` says: strict raises `ProtocolError`
-        (naming the field), warn logs and counts, off does nothing."""
-        mode = self.config.validation
-        if mode == "off":
-            return
-        try:
-            schemas.check_events(events, field, batch=batch)
-        except ProtocolError as exc:
-            if mode == "strict":
-                raise
-            self.stats.record(Counted("validation_warnings"))
-            log.warning("accepted an event that fails its schema: %s", exc.message)
+    @property
+    def shutting_down(self) -> trio.Event:
+        return self.lifecycle.shutting_down
 
     def shutdown(self) -> None:
         """Begin the orderly stop (idempotent); `run_bus` returns once it is done."""
-        self.shutting_down.set()
+        self.lifecycle.shutting_down.set()
 
     def force_stop(self) -> None:
         """Stop waiting for connections to close; the router and log still drain."""
-        self.shutting_down.set()
-        self._force.cancel()
+        self.lifecycle.shutting_down.set()
+        self.lifecycle.force.cancel()
 
     async def wait_stopped(self) -> None:
-        await self._stopped.wait()
-
-    def welcome(self) -> dict[str, Any]:
-        return {
-            "action": "welcome",
-            "version": __version__,
-            "node": self.node,
-            "epoch": self.log.epoch,
-            "seq": self.log.last_seq,
-            "limits": self.config.limits(),
-        }
-
-
-def _check_watch_dir(config: BusConfig) -> None:
-    """Make sure `--watch-dir` (and the data dir for its offsets) can be used, at start."""
-    if config.watch_dir is None:
-        return
-    try:
-        Path(config.watch_dir).mkdir(parents=True, exist_ok=True)
-        Path(config.data_dir).mkdir(parents=True, exist_ok=True)  # the offsets live there
-    except OSError as exc:
-        raise StartupError(f"cannot use the watch directory {config.watch_dir}: {exc}") from None
+        await self.lifecycle.stopped.wait()
 
 
 def open_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
@@ -181,10 +134,10 @@ async def run_bus(
     *,
     task_status: trio.TaskStatus[BusHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one bus node until `BusHandle.shutdown` is called (or this task is cancelled)."""
+    """Run one bus node's actors until `BusHandle.shutdown` is called (or this task is
+    cancelled). The integrations are not started here: the server wires them in."""
     if config.gc_threshold is not None:
         tune_gc(config.gc_threshold)
-    _check_watch_dir(config)
     event_log, dead = open_log(config)
     handle: BusHandle | None = None
     try:
@@ -197,6 +150,7 @@ async def run_bus(
                 inbox_size=config.router_inbox,
                 max_subscriptions=config.max_subscriptions,
                 max_subscription_bytes=config.max_subscription_bytes,
+                max_connections=config.max_connections,
             )
             retention = trio.CancelScope()
 
@@ -205,16 +159,6 @@ async def run_bus(
                     await _retention(event_log, dead, config.retention_interval_seconds)
 
             nursery.start_soon(retain)
-            self_log = BusLogHandler()
-            self_log_scope = trio.CancelScope()
-            if config.log_to_bus:
-                logging.getLogger("ipt_bus").addHandler(self_log)
-
-                async def publish_own_logs() -> None:
-                    with self_log_scope:  # stops before the router does
-                        await self_log.run(router)
-
-                nursery.start_soon(publish_own_logs)
             handle = BusHandle(
                 config=config,
                 router=router,
@@ -223,28 +167,19 @@ async def run_bus(
                 dead_letters=dead,
                 node=f"{config.node_name}@{socket.gethostname()}",
             )
-            watch_stop = trio.Event()
-            if config.watch_dir is not None:
-                offsets = Path(config.data_dir) / filewatch.OFFSETS_FILE
-                nursery.start_soon(
-                    filewatch.watch, handle, Path(config.watch_dir), offsets, watch_stop
-                )
             task_status.started(handle)
             await handle.shutting_down.wait()
             # every connection (and any still attaching) closes with 1001, then detaches
-            watch_stop.set()
             await router.close_all(CloseCode.GOING_AWAY)
-            with handle._force, trio.move_on_after(config.shutdown_grace_seconds):
+            with handle.lifecycle.force, trio.move_on_after(config.shutdown_grace_seconds):
                 await router.wait_idle()
             router.close()
             stats.close()
             retention.cancel()
-            self_log_scope.cancel()
-            logging.getLogger("ipt_bus").removeHandler(self_log)
     finally:
         with trio.move_on_after(config.shutdown_grace_seconds) as scope:
             scope.shield = True
             await dead.flush()
             await event_log.aclose()
         if handle is not None:
-            handle._stopped.set()
+            handle.lifecycle.stopped.set()

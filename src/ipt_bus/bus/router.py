@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ipt_bus.bus.outbox import Outbox
-from ipt_bus.bus.stats import Accepted, Counted, Dropped, StatsHandle
+from ipt_bus.bus.stats import Accepted, Counted, Dropped, Refused, StatsHandle
 from ipt_bus.core.errors import BusClosed, LimitExceeded, Overloaded, StorageError
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import TopicIndex
@@ -55,12 +55,11 @@ class Peer:
 
 @attrs.frozen
 class Attach:
-    conn_id: ConnId
     outbox: Outbox
     patterns: Sequence[str]
     since: int | None  # resume: the events after it up to the attach point come from the log
     peer: Peer
-    reply: trio.MemorySendChannel[int | Exception]
+    reply: trio.MemorySendChannel[ConnId | Exception]  # the id the router gave it
 
 
 @attrs.frozen
@@ -68,6 +67,7 @@ class Subscribe:
     conn_id: ConnId
     patterns: Sequence[str]
     subscribe: bool  # False: unsubscribe
+    batch: bool | None  # the connection turns batching on or off (None: unchanged)
     reply: trio.MemorySendChannel[frozenset[str] | Exception]
 
 
@@ -94,6 +94,9 @@ class Router:
     _stats: StatsHandle
     _max_subscriptions: int
     _max_subscription_bytes: int = 8 * 1024
+    _max_connections: int = 10_000
+    _next_id: ConnId = 1
+    _batch_connections: int = 0  # attached connections with batching on
     _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _peers: dict[ConnId, Peer] = attrs.field(factory=dict)
@@ -218,21 +221,35 @@ class Router:
             self._stats.record(Dropped("closing", dropped))
 
     def _on_attach(self, command: Attach) -> None:
+        if len(self._outboxes) >= self._max_connections:
+            self._stats.record(Refused("max_connections"))
+            _answer(
+                command.reply,
+                Overloaded(
+                    f"the bus has its maximum of {self._max_connections} connections "
+                    "(max_connections)"
+                ),
+            )
+            return
+        conn_id = self._next_id
+        self._next_id += 1
         if self._idle.is_set():
             self._idle = trio.Event()
-        self._outboxes[command.conn_id] = command.outbox
+        self._outboxes[conn_id] = command.outbox
         try:
-            self._add(command.conn_id, command.patterns)
+            self._add(conn_id, command.patterns)
         except LimitExceeded as exc:
-            del self._outboxes[command.conn_id]
+            del self._outboxes[conn_id]
+            if not self._outboxes:
+                self._idle.set()
             _answer(command.reply, exc)
             return
-        self._peers[command.conn_id] = command.peer
-        last = self._log.last_seq
-        command.outbox.start(self._index.patterns(command.conn_id), last, command.since)
+        self._peers[conn_id] = command.peer
+        self._batch_connections += command.peer.batch
+        command.outbox.start(self._index.patterns(conn_id), self._log.last_seq, command.since)
         if self._closing is not None:
             command.outbox.close(self._closing)
-        _answer(command.reply, last)
+        _answer(command.reply, conn_id)
 
     def _add(self, conn_id: ConnId, patterns: Sequence[str]) -> None:
         new = set(patterns) - self._index.patterns(conn_id)
@@ -269,11 +286,15 @@ class Router:
             self._targets.clear()
         held = self._index.patterns(command.conn_id)
         self._outboxes[command.conn_id].resubscribed(held, self._log.last_seq)
+        peer = self._peers[command.conn_id]
+        if command.batch is not None and command.batch != peer.batch:
+            self._batch_connections += 1 if command.batch else -1
+            peer.batch = command.batch
         _answer(command.reply, held)
 
     def _on_detach(self, command: Detach) -> None:
         if self._outboxes.pop(command.conn_id, None) is not None:
-            del self._peers[command.conn_id]
+            self._batch_connections -= self._peers.pop(command.conn_id).batch
             self._index.remove_key(command.conn_id)
             self._targets.clear()
         if not self._outboxes:
@@ -283,9 +304,13 @@ class Router:
         outboxes = self._outboxes.values()
         return RouterStatistics(
             connections=len(outboxes),
+            batch_connections=self._batch_connections,
             catching_up=sum(o.behind for o in outboxes),
             max_lag=max((o.lag for o in outboxes), default=0),
         )
+
+    def statistics_batch(self) -> int:
+        return self._batch_connections
 
     def connections(self, offset: int, limit: int) -> list[ConnectionView]:
         """The attached connections in the order they came, `limit` of them from `offset`."""
@@ -309,6 +334,7 @@ class Router:
 @attrs.frozen
 class RouterStatistics:
     connections: int
+    batch_connections: int  # of those, with batching on
     catching_up: int  # connections reading missed events from the log
     max_lag: int  # the largest `Outbox.lag` (in seq)
 
@@ -418,28 +444,39 @@ class RouterHandle:
 
     async def attach(
         self,
-        conn_id: ConnId,
         outbox: Outbox,
         patterns: Sequence[str],
         *,
         since: int | None = None,
         peer: Peer | None = None,
-    ) -> int:
-        """Register a connection; returns the log's last `seq` at that moment.
+    ) -> ConnId:
+        """Register a connection; returns the id the router gave it.
 
-        Every event after that `seq` that matches reaches the outbox; with `since`, the outbox
-        starts with (since, last] missed, for its writer to read from the log (resume).
+        Every event after the log's last `seq` at that moment that matches reaches the outbox;
+        with `since`, the outbox starts with (since, last] missed, for its writer to read from
+        the log (resume).
+
+        Raises:
+            Overloaded: the bus has its maximum of connections.
+            LimitExceeded: too many patterns (or bytes of them).
+            BusClosed: the bus is shutting down.
         """
         who = peer or Peer(None, time.time())
-        reply = await self._request(lambda s: Attach(conn_id, outbox, patterns, since, who, s))
+        reply = await self._request(lambda s: Attach(outbox, patterns, since, who, s))
         assert isinstance(reply, int)
         return reply
 
     async def subscribe(
-        self, conn_id: ConnId, patterns: Sequence[str], *, subscribe: bool = True
+        self,
+        conn_id: ConnId,
+        patterns: Sequence[str],
+        *,
+        subscribe: bool = True,
+        batch: bool | None = None,
     ) -> frozenset[str]:
-        """Add (or with `subscribe=False` remove) patterns; returns the connection's set."""
-        reply = await self._request(lambda s: Subscribe(conn_id, patterns, subscribe, s))
+        """Add (or with `subscribe=False` remove) patterns, and turn batching on or off when
+        `batch` says; returns the connection's patterns."""
+        reply = await self._request(lambda s: Subscribe(conn_id, patterns, subscribe, batch, s))
         assert isinstance(reply, frozenset)
         return reply
 
@@ -491,6 +528,11 @@ class RouterHandle:
     def statistics(self) -> RouterStatistics:
         return self._router.statistics()
 
+    @property
+    def batch_connections(self) -> int:
+        """Attached connections with batching on (cheap: read on every batch write)."""
+        return self._router.statistics_batch()
+
     def connections(self, offset: int = 0, limit: int = 100) -> list[ConnectionView]:
         return self._router.connections(offset, limit)
 
@@ -507,9 +549,10 @@ async def start_router(
     inbox_size: int,
     max_subscriptions: int,
     max_subscription_bytes: int = 8 * 1024,
+    max_connections: int = 10_000,
 ) -> RouterHandle:
     """Start the router in `nursery`; `RouterHandle.close` stops it."""
     send, receive = trio.open_memory_channel[RouterCommand](inbox_size)
-    router = Router(log, stats, max_subscriptions, max_subscription_bytes)
+    router = Router(log, stats, max_subscriptions, max_subscription_bytes, max_connections)
     await nursery.start(router.run, receive)
     return RouterHandle(send, router)

@@ -6,15 +6,10 @@
 asynchronously (under asyncio or trio). See docs/client.md.
 """
 
-from ipt_bus.client._common import (
-    BusUnavailable,
-    ClientError,
-    Gap,
-    HistoryLost,
-    PublishRejected,
-)
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
+from ipt_bus.core.errors import BusUnavailable, ClientError, HistoryLost, PublishRejected
+from ipt_bus.core.frames import Gap
 from ipt_bus.core.model import Event, Published
 
 __all__ = [

@@ -12,11 +12,11 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import orjson
 
 from ipt_bus.core.codec import event_to_wire
 from ipt_bus.core.config import DEFAULT_PORT
+from ipt_bus.core.errors import BusUnavailable, PublishRejected
 from ipt_bus.core.model import Event, Published
 
 if TYPE_CHECKING:
@@ -35,47 +35,6 @@ def ws_url(url: str, query: dict[str, str]) -> str:
     base = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     params = "&".join(f"{k}={v}" for k, v in query.items())
     return f"{base}/ws" + (f"?{params}" if params else "")
-
-
-class ClientError(Exception):
-    """Base of the client's errors."""
-
-
-class PublishRejected(ClientError):
-    """The bus refused the events (bad input, or a limit): retrying the same will not help."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        where = f" (field {field!r})" if field else ""
-        super().__init__(f"the bus rejected the publish: {code}: {message}{where}")
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-class BusUnavailable(ClientError):
-    """The bus could not be reached, or stayed overloaded, through every retry."""
-
-
-class HistoryLost(ClientError):
-    """On resume, the bus no longer had every event after the client's last `seq`.
-
-    `reason` is ``retention`` (events `from_seq`..`to_seq` were removed) or ``epoch`` (the bus's
-    log started over: `seq` numbering is new). Register `EventBusClient.on_gap` to be told and
-    carry on instead of having the listener raise this.
-    """
-
-    def __init__(self, gap: Gap) -> None:
-        span = f"{gap.from_seq}..{gap.to_seq}" if gap.to_seq is not None else f"{gap.from_seq}.."
-        super().__init__(f"events {span} are no longer in the bus's log ({gap.reason})")
-        self.gap = gap
-
-
-@attrs.frozen
-class Gap:
-    reason: str  # retention | epoch
-    from_seq: int
-    to_seq: int | None
-    epoch: str | None = None
 
 
 def event_body(event: Event) -> dict[str, Any]:

@@ -31,7 +31,27 @@ import orjson
 from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnect, aconnect_ws
 
 from ipt_bus.client import _common
-from ipt_bus.client._common import BusUnavailable, Gap, HistoryLost, PublishRejected
+from ipt_bus.core import codec
+from ipt_bus.core.errors import (
+    RETRYABLE,
+    BusUnavailable,
+    ClientError,
+    HistoryLost,
+    PublishRejected,
+)
+from ipt_bus.core.frames import (
+    Acked,
+    ClientFrame,
+    ErrorFrame,
+    Gap,
+    GapReason,
+    Publish,
+    ServerFrame,
+    Subscribe,
+    Subscriptions,
+    Unsubscribe,
+    Welcome,
+)
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import matches_any, validate_pattern
 
@@ -43,7 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ipt_bus.client")
 
 Self = TypeVar("Self", bound="EventBusClient")
-RETRYABLE_CODES = frozenset({"overloaded", "shutting_down", "storage_unavailable", "storage_full"})
 _DISCONNECTED = (
     WebSocketDisconnect,
     HTTPXWSException,
@@ -59,10 +78,10 @@ _DISCONNECTED = (
 class _Request:
     """A frame sent on the WebSocket that waits for its answer (resent after a reconnect)."""
 
-    frame: dict[str, Any]
+    frame: ClientFrame
+    text: str  # as sent
     done: anyio.Event = attrs.field(factory=anyio.Event)
-    answer: dict[str, Any] | None = None
-    attempts: int = 0
+    answer: ServerFrame | None = None
 
 
 class EventBusClient:
@@ -216,7 +235,7 @@ class EventBusClient:
                         started = True
                         task_status.started()
                     for request in list(self._requests.values()):
-                        await ws.send_text(orjson.dumps(request.frame).decode())
+                        await ws.send_text(request.text)
                     while True:
                         await self._on_message(await ws.receive_text())
             except Exception as group:  # httpx-ws raises through its task group: unwrap
@@ -246,21 +265,23 @@ class EventBusClient:
     async def _welcome(self, ws: Any) -> None:
         with anyio.fail_after(self.timeout):
             first = orjson.loads(await ws.receive_text())
-        if first.get("action") != "welcome":
+        welcome = codec.decode_server_frame(first) if "action" in first else None
+        if not isinstance(welcome, Welcome):
             raise HTTPXWSException(f"expected a welcome frame, got {first!r:.200}")
-        self.epoch = first["epoch"]
+        self.epoch = welcome.epoch
         if self.last_seq is None:
-            self.last_seq = first["seq"]  # live from here; resume from here after a drop
+            self.last_seq = welcome.seq  # live from here; resume from here after a drop
 
     async def _on_message(self, message: str) -> None:
-        for frame in _common.frames(message):
-            action = frame.get("action")
-            if action is None:
-                await self._deliver(_common.event_from_bus(frame))
-            elif action == "gap":
+        for obj in _common.frames(message):
+            if "action" not in obj:
+                await self._deliver(_common.event_from_bus(obj))
+                continue
+            frame = codec.decode_server_frame(obj)
+            if isinstance(frame, Gap):
                 await self._on_gap(frame)
-            else:
-                request = self._requests.get(frame.get("id"))  # type: ignore[arg-type]
+            elif frame is not None and not isinstance(frame, Welcome):
+                request = self._requests.get(frame.id)  # type: ignore[arg-type]  # ids are ours
                 if request is not None:
                     request.answer = frame
                     request.done.set()
@@ -284,9 +305,8 @@ class EventBusClient:
         if stream is not None:
             await stream.put(event)
 
-    async def _on_gap(self, frame: dict[str, Any]) -> None:
-        gap = Gap(frame["reason"], frame["from_seq"], frame.get("to_seq"), frame.get("epoch"))
-        if gap.reason == "epoch":
+    async def _on_gap(self, gap: Gap) -> None:
+        if gap.reason == GapReason.EPOCH:
             self.last_seq = 0  # the log started over: everything in it is new to us
             self.epoch = gap.epoch
         elif gap.to_seq is not None:
@@ -318,14 +338,16 @@ class EventBusClient:
     async def subscribe(self, topics: Sequence[str]) -> list[str]:
         """Add patterns; returns every pattern the connection now holds."""
         patterns = [validate_pattern(t, "topics") for t in topics]
-        answer = await self._request({"action": "subscribe", "topics": patterns})
-        self.topics = list(answer["topics"])
+        answer = await self._request(Subscribe(patterns))
+        assert isinstance(answer, Subscriptions), answer
+        self.topics = answer.topics
         return self.topics
 
     async def unsubscribe(self, topics: Sequence[str]) -> list[str]:
         patterns = [validate_pattern(t, "topics") for t in topics]
-        answer = await self._request({"action": "unsubscribe", "topics": patterns})
-        self.topics = list(answer["topics"])
+        answer = await self._request(Unsubscribe(patterns))
+        assert isinstance(answer, Subscriptions), answer
+        self.topics = answer.topics
         return self.topics
 
     async def publish(self, event: Event, *, idempotency_key: str | None = None) -> Published:
@@ -334,20 +356,20 @@ class EventBusClient:
         while the bus cannot take it. Raises `PublishRejected`, `BusUnavailable`."""
         if not self._running:
             return (await self._post(event, idempotency_key))[0]
-        frame = {
-            "action": "publish",
-            "idempotency_key": idempotency_key or _common.new_key(),
-            "event": _common.event_body(event),
-        }
+        frame = Publish(
+            event=_common.event_body(event),
+            idempotency_key=idempotency_key or _common.new_key(),
+        )
         answer = await self._request(frame)
-        ack = answer["event"]
-        return Published(ack["id"], ack["seq"])
+        assert isinstance(answer, Acked), answer
+        return answer.published[0]
 
-    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+    async def _request(self, frame: ClientFrame) -> ServerFrame:
         if not self._running:
             raise RuntimeError("not connected: use `async with client:` or run listen_async()")
         rid = next(self._ids)
-        request = _Request({**frame, "id": rid})
+        frame = attrs.evolve(frame, id=rid)
+        request = _Request(frame, codec.encode_client_frame(frame))
         self._requests[rid] = request
         try:
             for attempt in range(self.retries + 1):
@@ -360,14 +382,13 @@ class EventBusClient:
                 answer = request.answer
                 if answer is None:
                     continue  # no answer in time: try again (the key makes it safe)
-                if answer.get("action") != "error":
+                if not isinstance(answer, ErrorFrame):
                     return answer
-                err = answer["error"]
-                if err["code"] not in RETRYABLE_CODES:
-                    raise PublishRejected(err["code"], err["message"], err.get("field"))
+                if answer.code not in RETRYABLE:
+                    raise PublishRejected(answer.code, answer.message, answer.field)
                 request.answer = None
             raise BusUnavailable(
-                f"the bus at {self.url} did not answer {frame['action']!r} after "
+                f"the bus at {self.url} did not answer {codec.action_of(frame)!r} after "
                 f"{self.retries + 1} attempts"
             )
         finally:
@@ -376,7 +397,7 @@ class EventBusClient:
     async def _send(self, request: _Request) -> None:
         await self._connected.wait()
         with contextlib.suppress(*_DISCONNECTED):  # the session resends it on reconnect
-            await self._ws.send_text(orjson.dumps(request.frame).decode())
+            await self._ws.send_text(request.text)
 
     # --- REST -------------------------------------------------------------------------------
 
@@ -410,7 +431,12 @@ class EventBusClient:
 
 
 def _single(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member exception groups, else `exc`."""
+    """The one exception inside (nested) single-member exception groups, else `exc`; our own
+    error first when httpx-ws adds its own (a pong it could not send while closing)."""
+    if isinstance(exc, BaseExceptionGroup):
+        ours = exc.subgroup(ClientError)
+        if ours is not None:
+            exc = ours
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc

@@ -15,21 +15,17 @@ import httpx
 import orjson
 import trio
 
-from ipt_bus.client._common import (
-    BusUnavailable,
-    Gap,
-    HistoryLost,
-    PublishRejected,
-    bus_url,
-    unreachable,
-)
+from ipt_bus.client._common import bus_url, unreachable
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
 from ipt_bus.core.codec import event_to_wire
+from ipt_bus.core.errors import BusUnavailable, HistoryLost, PublishRejected
 from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ipt_bus.core.frames import Gap
 
 OK, UNREACHABLE, BAD_INPUT = 0, 1, 2
 _COLOURS = {"task": 36, "phase": 34, "cost": 33, "tool": 35, "logs": 37, "file": 32}

@@ -10,22 +10,27 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ipt_bus.core.model import Event
+from ipt_bus.core.schemas import CATALOGUE
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _event(
     topic: str,
-    type_: str,
     source: str | None,
     correlation_id: str | None,
     fields: dict[str, Any],
     extra: dict[str, Any],
 ) -> Event:
+    """A standard topic's event, with the `type` the catalogue gives it."""
     payload = {k: v for k, v in fields.items() if v is not None}
     payload.update(extra)
     return Event(
-        type=type_, topic=topic, payload=payload, source=source, correlation_id=correlation_id
+        type=CATALOGUE[topic].event_type,
+        topic=topic,
+        payload=payload,
+        source=source,
+        correlation_id=correlation_id,
     )
 
 
@@ -55,7 +60,7 @@ def task_status(
         "message": message,
         "metadata": meta or None,
     }
-    return _event("task.status", "task_status_changed", source, correlation_id, fields, extra)
+    return _event("task.status", source, correlation_id, fields, extra)
 
 
 def task_created(
@@ -68,7 +73,7 @@ def task_created(
     **extra: Any,
 ) -> Event:
     fields = {"task_id": task_id, "workflow": workflow, "metadata": metadata}
-    return _event("task.created", "task_created", source, correlation_id, fields, extra)
+    return _event("task.created", source, correlation_id, fields, extra)
 
 
 def task_cancelled(
@@ -80,7 +85,7 @@ def task_cancelled(
     **extra: Any,
 ) -> Event:
     fields = {"task_id": task_id, "reason": reason}
-    return _event("task.cancelled", "task_cancelled", source, correlation_id, fields, extra)
+    return _event("task.cancelled", source, correlation_id, fields, extra)
 
 
 def task_retry(
@@ -99,7 +104,7 @@ def task_retry(
         "max_attempts": max_attempts,
         "reason": reason,
     }
-    return _event("task.retry", "task_retry", source, correlation_id, fields, extra)
+    return _event("task.retry", source, correlation_id, fields, extra)
 
 
 # --- phases ---------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def phase_started(
     **extra: Any,
 ) -> Event:
     fields = {"task_id": task_id, "phase": phase}
-    return _event("phase.started", "phase_started", source, correlation_id, fields, extra)
+    return _event("phase.started", source, correlation_id, fields, extra)
 
 
 def phase_progress(
@@ -139,7 +144,7 @@ def phase_progress(
         "current_step": current_step,
         "estimated_completion": estimated_completion,
     }
-    return _event("phase.progress", "phase_progress", source, correlation_id, fields, extra)
+    return _event("phase.progress", source, correlation_id, fields, extra)
 
 
 def phase_completed(
@@ -152,7 +157,7 @@ def phase_completed(
     **extra: Any,
 ) -> Event:
     fields = {"task_id": task_id, "phase": phase, "duration_seconds": duration_seconds}
-    return _event("phase.completed", "phase_completed", source, correlation_id, fields, extra)
+    return _event("phase.completed", source, correlation_id, fields, extra)
 
 
 def phase_failed(
@@ -165,7 +170,7 @@ def phase_failed(
     **extra: Any,
 ) -> Event:
     fields = {"task_id": task_id, "phase": phase, "error": error}
-    return _event("phase.failed", "phase_failed", source, correlation_id, fields, extra)
+    return _event("phase.failed", source, correlation_id, fields, extra)
 
 
 # --- cost -----------------------------------------------------------------------------------
@@ -195,7 +200,7 @@ def cost_update(
         "operation": operation,
         "tokens_used": tokens_used,
     }
-    return _event("cost.update", "cost_update", source, correlation_id, fields, extra)
+    return _event("cost.update", source, correlation_id, fields, extra)
 
 
 def budget_warning(
@@ -218,7 +223,7 @@ def budget_warning(
         "threshold": threshold,
         "percent_used": round(100 * total_cost / budget_total, 2) if budget_total else None,
     }
-    return _event("cost.budget_warning", "budget_warning", source, correlation_id, fields, extra)
+    return _event("cost.budget_warning", source, correlation_id, fields, extra)
 
 
 def budget_exhausted(
@@ -231,8 +236,7 @@ def budget_exhausted(
     **extra: Any,
 ) -> Event:
     fields = {"task_id": task_id, "total_cost": total_cost, "budget_total": budget_total}
-    topic, type_ = "cost.budget_exhausted", "budget_exhausted"
-    return _event(topic, type_, source, correlation_id, fields, extra)
+    return _event("cost.budget_exhausted", source, correlation_id, fields, extra)
 
 
 def cost_estimate(
@@ -251,7 +255,7 @@ def cost_estimate(
         "tool": tool,
         "operation": operation,
     }
-    return _event("cost.estimate", "cost_estimate", source, correlation_id, fields, extra)
+    return _event("cost.estimate", source, correlation_id, fields, extra)
 
 
 # --- tools ----------------------------------------------------------------------------------
@@ -279,8 +283,7 @@ def tool_health_changed(
         "health_score": health_score,
         "capabilities": capabilities,
     }
-    topic, type_ = "tool.health_changed", "tool_health_changed"
-    return _event(topic, type_, source, correlation_id, fields, extra)
+    return _event("tool.health_changed", source, correlation_id, fields, extra)
 
 
 class ToolBuilder(Protocol):
@@ -297,7 +300,7 @@ class ToolBuilder(Protocol):
     ) -> Event: ...
 
 
-def _tool(topic: str, type_: str, status: str) -> ToolBuilder:
+def _tool(topic: str, status: str) -> ToolBuilder:
     def build(
         tool_name: str,
         *,
@@ -315,16 +318,16 @@ def _tool(topic: str, type_: str, status: str) -> ToolBuilder:
             "latency_ms": latency_ms,
             "capabilities": capabilities,
         }
-        return _event(topic, type_, source, correlation_id, fields, extra)
+        return _event(topic, source, correlation_id, fields, extra)
 
     build.__name__ = topic.split(".")[1]
     build.__doc__ = f"`{topic}`."
     return build
 
 
-tool_available = _tool("tool.available", "tool_available", "available")
-tool_unavailable = _tool("tool.unavailable", "tool_unavailable", "unavailable")
-tool_degraded = _tool("tool.degraded", "tool_degraded", "degraded")
+tool_available = _tool("tool.available", "available")
+tool_unavailable = _tool("tool.unavailable", "unavailable")
+tool_degraded = _tool("tool.degraded", "degraded")
 
 
 # --- logs -----------------------------------------------------------------------------------
@@ -358,4 +361,4 @@ def log(
         "line": line,
         "context": context,
     }
-    return _event(f"logs.{name}", "log_message", source, correlation_id, fields, extra)
+    return _event(f"logs.{name}", source, correlation_id, fields, extra)

@@ -12,15 +12,29 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
+import attrs
 import cattrs
 import orjson
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from ipt_bus.core.errors import ErrorCode, LimitExceeded, ProtocolError
-from ipt_bus.core.frames import CLIENT_ACTIONS, ClientFrame, Publish, RequestId
-from ipt_bus.core.model import Event
+from ipt_bus.core.frames import (
+    CLIENT_ACTIONS,
+    Acked,
+    ClientFrame,
+    ErrorFrame,
+    Gap,
+    GapReason,
+    Pong,
+    Publish,
+    RequestId,
+    ServerFrame,
+    Subscriptions,
+    Welcome,
+)
+from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import validate_topic
 
 MAX_TYPE_CHARS: Final = 128
@@ -410,7 +424,90 @@ def request_id_of(raw: str | bytes) -> RequestId:
     return None
 
 
-def gap_frame(reason: str, from_seq: int, to_seq: int | None, **extra: str) -> str:
-    """A `gap` notice (DESIGN §3): events `from_seq`..`to_seq` will not come; `reason` says why."""
-    frame = {"action": "gap", "reason": reason, "from_seq": from_seq, "to_seq": to_seq}
-    return dumps(frame | extra).decode()
+# --- server frames ------------------------------------------------------------------------
+
+
+def frame_to_wire(frame: ServerFrame) -> dict[str, Any]:
+    """The JSON object of a server frame (an `id` that is None is left out)."""
+    out: dict[str, Any]
+    match frame:
+        case Welcome():
+            out = {"action": "welcome", "version": frame.version, "node": frame.node}
+            out |= {"epoch": frame.epoch, "seq": frame.seq, "limits": frame.limits}
+            return out
+        case Gap():
+            out = {"action": "gap", "reason": str(frame.reason), "from_seq": frame.from_seq}
+            out["to_seq"] = frame.to_seq
+            if frame.epoch is not None:
+                out["epoch"] = frame.epoch
+            return out
+        case Acked():
+            out = {"action": "published"}
+            if frame.batch:
+                out["events"] = [{"id": p.id, "seq": p.seq} for p in frame.published]
+            else:
+                out["event"] = {"id": frame.published[0].id, "seq": frame.published[0].seq}
+        case Subscriptions():
+            out = {"action": "subscribed" if frame.subscribed else "unsubscribed"}
+            out["topics"] = frame.topics
+        case Pong():
+            out = {"action": "pong"}
+        case ErrorFrame():
+            err = {"code": frame.code, "message": frame.message}
+            if frame.field is not None:
+                err["field"] = frame.field
+            out = {"action": "error", "error": err}
+        case _:
+            assert_never(frame)
+    if frame.id is not None:
+        out["id"] = frame.id
+    return out
+
+
+def encode_frame(frame: ServerFrame) -> str:
+    return dumps(frame_to_wire(frame)).decode()
+
+
+def error_frame(rid: RequestId, exc: ProtocolError) -> ErrorFrame:
+    return ErrorFrame(rid, str(exc.code), exc.message, exc.field)
+
+
+_ACTION_OF: Final = {cls: action for action, cls in CLIENT_ACTIONS.items()}
+
+
+def action_of(frame: ClientFrame) -> str:
+    return _ACTION_OF[type(frame)]
+
+
+def encode_client_frame(frame: ClientFrame) -> str:
+    """A client's action as it goes on the wire (the Python client); unset fields left out."""
+    out: dict[str, Any] = {"action": action_of(frame)}
+    out |= {k: v for k, v in attrs.asdict(frame, recurse=False).items() if v is not None}
+    if isinstance(frame, Publish) and frame.ack:
+        del out["ack"]  # the default
+    return dumps(out).decode()
+
+
+def decode_server_frame(obj: dict[str, Any]) -> ServerFrame | None:
+    """A frame the bus sent, read back into its type (the Python client); None for an action
+    this version does not know (a newer bus), which a client skips."""
+    action = obj.get("action")
+    rid = obj.get("id")
+    match action:
+        case "welcome":
+            return Welcome(obj["version"], obj["node"], obj["epoch"], obj["seq"], obj["limits"])
+        case "gap":
+            reason = GapReason(obj["reason"])
+            return Gap(reason, obj["from_seq"], obj.get("to_seq"), obj.get("epoch"))
+        case "published":
+            items = [obj["event"]] if "event" in obj else obj["events"]
+            published = [Published(p["id"], p["seq"]) for p in items]
+            return Acked(rid, published, "event" not in obj)
+        case "subscribed" | "unsubscribed":
+            return Subscriptions(rid, list(obj["topics"]), action == "subscribed")
+        case "pong":
+            return Pong(rid)
+        case "error":
+            err = obj["error"]
+            return ErrorFrame(rid, err["code"], err["message"], err.get("field"))
+    return None

@@ -12,15 +12,20 @@ Exception tree::
     │       ├── StorageFull    the disk (or the configured size cap) is full; reads still work
     │       └── StorageOpenError  the log cannot be opened at start (names the file)
     ├── StartupError           the bus cannot start as configured (StorageOpenError is one)
-    └── CursorExpired          a resume point the log no longer covers
+    └── ClientError            raised by the Python client (`ipt_bus.client`)
+        ├── PublishRejected    the bus refused the events: its error's code, message and field
+        ├── BusUnavailable     the bus could not be reached, or stayed overloaded, through retries
+        └── HistoryLost        on resume, the bus no longer had every event after the last seq
 
-Wire codes are the `code` of error frames and REST error bodies; `docs/protocol.md` lists them.
+One table for both sides: `ErrorCode` (the `code` of error frames and REST error bodies, listed
+in docs/protocol.md), `HTTP_STATUS` (the status each code is answered with), `RETRYABLE` (what a
+client may retry) and `CloseCode`.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Any, Final
 
 
 class ErrorCode(enum.StrEnum):
@@ -46,6 +51,9 @@ class ErrorCode(enum.StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     STORAGE_FULL = "storage_full"
     SHUTTING_DOWN = "shutting_down"
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    UPGRADE_REQUIRED = "upgrade_required"
+    HTTP_ERROR = "http_error"  # an HTTP error with no code of its own
     INTERNAL = "internal_error"
 
 
@@ -136,13 +144,38 @@ class StorageOpenError(StorageError, StartupError):
     """The log cannot be opened; the message names the file and what to do."""
 
 
-class CursorExpired(BusError):
-    """A resume `seq` that retention no longer covers."""
+class ClientError(BusError):
+    """Base of the Python client's errors."""
 
-    def __init__(self, since: int, oldest: int) -> None:
-        super().__init__(f"seq {since} is older than the oldest retained event {oldest}")
-        self.since = since
-        self.oldest = oldest
+
+class PublishRejected(ClientError):
+    """The bus refused the events (bad input, or a limit): retrying the same will not help."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        where = f" (field {field!r})" if field else ""
+        super().__init__(f"the bus rejected the publish: {code}: {message}{where}")
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class BusUnavailable(ClientError):
+    """The bus could not be reached, or stayed overloaded, through every retry."""
+
+
+class HistoryLost(ClientError):
+    """On resume, the bus no longer had every event after the client's last `seq`.
+
+    `gap.reason` is ``retention`` (events `from_seq`..`to_seq` were removed) or ``epoch`` (the
+    bus's log started over: `seq` numbering is new). Register `EventBusClient.on_gap` to be told
+    and carry on instead of having the listener raise this.
+    """
+
+    def __init__(self, gap: Any) -> None:  # a `frames.Gap` (errors imports nothing)
+        to_seq = gap.to_seq
+        span = f"{gap.from_seq}..{to_seq}" if to_seq is not None else f"{gap.from_seq}.."
+        super().__init__(f"events {span} are no longer in the bus's log ({gap.reason})")
+        self.gap = gap
 
 
 def as_protocol_error(exc: BusError) -> ProtocolError:
@@ -160,6 +193,16 @@ def as_protocol_error(exc: BusError) -> ProtocolError:
     return ProtocolError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
+RETRYABLE: Final = frozenset(
+    {
+        ErrorCode.OVERLOADED,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.STORAGE_UNAVAILABLE,
+        ErrorCode.STORAGE_FULL,
+    }
+)
+"""Codes of refusals that may succeed when retried (the bus did not take the events)."""
+
 HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
@@ -170,6 +213,8 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.STORAGE_FULL: 507,
+    ErrorCode.ORIGIN_NOT_ALLOWED: 403,
+    ErrorCode.UPGRADE_REQUIRED: 426,
     ErrorCode.INTERNAL: 500,
 }
 

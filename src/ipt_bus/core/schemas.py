@@ -188,27 +188,59 @@ class LogMessage:
     context: dict[str, Any] = _f("object")
 
 
+@attrs.frozen
+class Standard:
+    """A standard topic of the specification: what it carries, the event `type` its examples
+    use (`event_type`), and its payload schema (None: any JSON object)."""
+
+    description: str
+    event_type: str
+    schema: type | None = None
+
+
+CATALOGUE: Final[dict[str, Standard]] = {
+    "task.status": Standard(
+        "Task lifecycle events (started, running, completed, failed)",
+        "task_status_changed",
+        TaskStatus,
+    ),
+    "task.created": Standard("New task creation events", "task_created", TaskCreated),
+    "task.cancelled": Standard("Task cancellation events", "task_cancelled", TaskCancelled),
+    "task.retry": Standard("Task retry events", "task_retry", TaskRetry),
+    "phase.started": Standard("Phase execution started", "phase_started", PhaseStarted),
+    "phase.progress": Standard("Phase progress updates", "phase_progress", PhaseProgress),
+    "phase.completed": Standard("Phase execution completed", "phase_completed", PhaseCompleted),
+    "phase.failed": Standard("Phase execution failed", "phase_failed", PhaseFailed),
+    "cost.update": Standard("Real-time cost updates", "cost_update", CostUpdate),
+    "cost.budget_warning": Standard("Budget threshold warnings", "budget_warning", BudgetWarning),
+    "cost.budget_exhausted": Standard(
+        "Budget exhausted events", "budget_exhausted", BudgetExhausted
+    ),
+    "cost.estimate": Standard("Cost estimation events", "cost_estimate", CostEstimate),
+    "tool.health_changed": Standard(
+        "Tool health status changes", "tool_health_changed", ToolHealth
+    ),
+    "tool.available": Standard("Tool becomes available", "tool_available", ToolState),
+    "tool.unavailable": Standard("Tool becomes unavailable", "tool_unavailable", ToolState),
+    "tool.degraded": Standard("Tool performance degraded", "tool_degraded", ToolState),
+    "logs.debug": Standard("Debug level log messages", "log_message", LogMessage),
+    "logs.info": Standard("Information level log messages", "log_message", LogMessage),
+    "logs.warning": Standard("Warning level log messages", "log_message", LogMessage),
+    "logs.error": Standard("Error level log messages", "log_message", LogMessage),
+    "file.progress": Standard("File-based progress events", "file_event"),
+    "file.workflow": Standard("File-based workflow events", "file_event"),
+    "legacy.broadcast": Standard("General broadcast messages", "broadcast"),
+}
+"""The specification's standard topics: the one catalogue (`/topics`, validation, the client's
+event builders)."""
+
+STANDARD_PATTERNS: Final[dict[str, str]] = {
+    "file.*": "Events from file-based event system",
+    "legacy.*": "Legacy events from existing systems",
+}
+
 SCHEMAS: Final[dict[str, type]] = {
-    "task.status": TaskStatus,
-    "task.created": TaskCreated,
-    "task.cancelled": TaskCancelled,
-    "task.retry": TaskRetry,
-    "phase.started": PhaseStarted,
-    "phase.progress": PhaseProgress,
-    "phase.completed": PhaseCompleted,
-    "phase.failed": PhaseFailed,
-    "cost.update": CostUpdate,
-    "cost.budget_warning": BudgetWarning,
-    "cost.budget_exhausted": BudgetExhausted,
-    "cost.estimate": CostEstimate,
-    "tool.health_changed": ToolHealth,
-    "tool.available": ToolState,
-    "tool.unavailable": ToolState,
-    "tool.degraded": ToolState,
-    "logs.debug": LogMessage,
-    "logs.info": LogMessage,
-    "logs.warning": LogMessage,
-    "logs.error": LogMessage,
+    topic: standard.schema for topic, standard in CATALOGUE.items() if standard.schema
 }
 _FIELDS: Final = {
     topic: [(f.name, f.metadata) for f in attrs.fields(cls)] for topic, cls in SCHEMAS.items()
@@ -263,6 +295,23 @@ def check_events(events: Sequence[Event], field: str, *, batch: bool) -> None:
         return
     for i, event in enumerate(events):
         check_payload(event.topic, event.payload, f"{field}[{i}].payload")
+
+
+def apply_policy(
+    mode: str, events: Sequence[Event], field: str, *, batch: bool
+) -> ProtocolError | None:
+    """Check `events` as the validation `mode` says: ``strict`` raises the first problem
+    (`ProtocolError` naming the field), ``warn`` returns it (the event is accepted), ``off``
+    checks nothing."""
+    if mode == Validation.OFF:
+        return None
+    try:
+        check_events(events, field, batch=batch)
+    except ProtocolError as exc:
+        if mode == Validation.STRICT:
+            raise
+        return exc
+    return None
 
 
 def json_schemas() -> dict[str, Any]:

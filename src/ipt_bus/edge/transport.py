@@ -1,4 +1,5 @@
-"""The one place ipt_bus changes hypercorn's private behaviour.
+"""The WebSocket transport: the one place ipt_bus changes hypercorn's private behaviour, and the
+ASGI adapter the connection actor writes through.
 
 Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
 `tests/integration/test_hypercorn_patch.py` fails if an upgrade breaks an assumption.
@@ -57,6 +58,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
+
+from ipt_bus.bus.connection import Disconnected
 
 log = logging.getLogger("ipt_bus.hypercorn")
 CHECKED_VERSIONS: Final = ("0.17", "0.18")
@@ -291,3 +294,38 @@ def is_installed() -> bool:
         and WSStream.app_send is _app_send
         and WSStream._handle_events is _handle_events
     )
+
+
+@attrs.define
+class AsgiWebSocket:
+    """`WebSocketLike` over an ASGI websocket connection; writes go through `DirectSender` where
+    the server is hypercorn's HTTP/1.1 (one `websocket.send` per message elsewhere)."""
+
+    _receive: Any
+    _send: Any
+    _direct: DirectSender | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._direct = DirectSender.find(self._send)
+
+    async def receive(self) -> str | bytes:
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if text is not None:
+                return str(text)
+            return bytes(message.get("bytes") or b"")
+        raise Disconnected(int(message.get("code", 1005)))
+
+    async def send(self, text: str) -> None:
+        await self.send_many([text])
+
+    async def send_many(self, texts: list[str]) -> None:
+        if self._direct is not None:
+            await self._direct.send(texts)
+        else:
+            for text in texts:
+                await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int) -> None:
+        await self._send({"type": "websocket.close", "code": code})

@@ -9,7 +9,8 @@ file's identity and the line's offset, so a crash between publishing and saving 
 cannot publish a line twice (within the bus's dedupe window). A file that shrank was truncated
 and a file with a new inode was rotated: both are read again from the start. A ``*.json`` file
 holds one document (an object or an array of objects), published once per version of the file.
-A line or document that is not a valid event goes to the dead letters with its file and line.
+Every line goes through the bus's one ingress (`ipt_bus.bus.ingress`): a line or document that
+is not a valid event goes to the dead letters with its file and line.
 """
 
 from __future__ import annotations
@@ -18,34 +19,26 @@ import contextlib
 import logging
 import os
 import re
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import orjson
 import trio
 import watchfiles
 
+from ipt_bus.bus import ingress
+from ipt_bus.bus.ingress import Origin
+from ipt_bus.bus.node import BusHandle
 from ipt_bus.core import codec
-from ipt_bus.core.errors import BusError, ErrorCode, ProtocolError, StorageError
+from ipt_bus.core.errors import BusError, ErrorCode, ProtocolError, StartupError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable
 
-    from ipt_bus.bus.dlq import DeadLetters
-    from ipt_bus.bus.router import RouterHandle
     from ipt_bus.core.config import BusConfig
     from ipt_bus.core.model import Event
-
-
-class BusParts(Protocol):
-    """What the watcher uses of the bus (`ipt_bus.bus.node.BusHandle` has it)."""
-
-    config: BusConfig
-    router: RouterHandle
-    dead_letters: DeadLetters
-
-    def validate(self, events: Sequence[Event], field: str, *, batch: bool) -> None: ...
 
 
 log = logging.getLogger("ipt_bus.integrations.files")
@@ -54,7 +47,6 @@ LINE_FILES: Final = (".jsonl", ".ndjson")
 DOCUMENT_FILES: Final = (".json",)
 OFFSETS_FILE: Final = "file-offsets.json"
 RESTART_SECONDS: Final = 5.0
-DEAD_PREFIX_CHARS: Final = 80  # of a line that is not JSON, what its dead letter keeps
 _ENVELOPE: Final = ("type", "topic", "payload", "timestamp", "source", "correlation_id")
 _NOT_SEGMENT: Final = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -99,7 +91,7 @@ def to_event(path: Path, obj: Any) -> dict[str, Any]:
 
 @attrs.define
 class FileWatcher:
-    bus: BusParts
+    bus: BusHandle
     directory: Path
     offsets_path: Path
     _positions: dict[str, _Position] = attrs.field(factory=dict)
@@ -186,7 +178,7 @@ class FileWatcher:
             start += len(raw) + 1
             if raw.strip():
                 key = f"{pos.inode}:{pos.generation}:{line_offset}"
-                await self._publish(path, raw, pos.line, key)
+                await self._publish(path, pos.line, key, partial(codec.loads, raw), raw)
         pos.offset += end + 1
         self._save()
 
@@ -196,49 +188,44 @@ class FileWatcher:
         raw = await trio.to_thread.run_sync(path.read_bytes)
         try:
             body = codec.loads(raw)
-        except ProtocolError as exc:
-            self._dead(path, 0, raw, exc)
+        except ProtocolError as exc:  # kept whole: the file is one (broken) document
+            ingress.failed(self.bus, _origin(path, 0), exc, lambda: raw.decode("utf-8", "replace"))
         else:
             items = body if isinstance(body, list) else [body]
             for i, obj in enumerate(items, 1):
-                await self._publish_object(path, obj, raw, i, f"{pos.inode}:{version}:{i}")
+                key = f"{pos.inode}:{version}:{i}"
+                await self._publish(path, i, key, partial(_same, obj), raw)
         pos.version = version
         self._save()
 
-    async def _publish(self, path: Path, raw: bytes, line: int, key: str) -> None:
-        try:
-            obj = codec.loads(raw)
-        except ProtocolError as exc:
-            self._dead(path, line, raw, exc)
-            return
-        await self._publish_object(path, obj, raw, line, key)
+    async def _publish(
+        self, path: Path, line: int, key: str, parse: Callable[[], Any], raw: bytes
+    ) -> None:
+        """One line's (or document item's) object, mapped to an event, through the ingress;
+        a refused one is a dead letter (the mapped event, to retry; else the text itself)."""
+        mapped: list[bytes] = []
 
-    async def _publish_object(self, path: Path, obj: Any, raw: bytes, line: int, key: str) -> None:
-        bus = self.bus
-        try:
-            body = to_event(path, obj)
-            raw = codec.dumps(body)  # a dead letter of a mapped object retries as an event
-            event = codec.decode_event(body, max_bytes=bus.config.max_event_bytes)
-            bus.validate([event], "", batch=False)
-        except ProtocolError as exc:
-            self._dead(path, line, raw, exc)
-            return
-        try:
-            await bus.router.publish(
-                [event], timeout=bus.config.publish_timeout_seconds, key=f"file:{path.name}:{key}"
+        def decode() -> list[Event]:
+            body = to_event(path, parse())
+            mapped.append(codec.dumps(body))
+            return [codec.decode_event(body, max_bytes=self.bus.config.max_event_bytes)]
+
+        def kept() -> str:
+            return (mapped[0] if mapped else raw).decode("utf-8", "replace")
+
+        with contextlib.suppress(ProtocolError, StorageError):  # dead-lettered by the ingress
+            await ingress.publish(
+                self.bus, _origin(path, line), decode, kept, key=f"file:{path.name}:{key}"
             )
-        except StorageError as exc:
-            self._dead(path, line, raw, exc)
 
-    def _dead(self, path: Path, line: int, raw: bytes, exc: BusError) -> None:
-        """Keep a refused line or document. Text that is not even JSON is kept only as a short
-        prefix: enough to find the line, not a copy of whatever the file holds."""
-        where = f"file:{path.name}:{line}" if line else f"file:{path.name}"
-        text = raw.decode("utf-8", "replace")
-        not_json = isinstance(exc, ProtocolError) and exc.code == ErrorCode.INVALID_JSON
-        if not_json and len(text) > DEAD_PREFIX_CHARS:
-            text = f"{text[:DEAD_PREFIX_CHARS]}… ({len(raw)} bytes in all)"
-        self.bus.dead_letters.add(where, exc, text)
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _origin(path: Path, line: int) -> Origin:
+    where = f"file:{path.name}:{line}" if line else f"file:{path.name}"
+    return Origin("file", source=where)
 
 
 def _read(path: Path, offset: int, count: int) -> bytes:
@@ -248,7 +235,7 @@ def _read(path: Path, offset: int, count: int) -> bytes:
 
 
 async def watch(
-    bus: BusParts,
+    bus: BusHandle,
     directory: Path,
     offsets_path: Path,
     stop: trio.Event,
@@ -263,3 +250,18 @@ async def watch(
             log.exception("the file watcher on %s failed; restarting it", directory)
             with trio.move_on_after(RESTART_SECONDS):
                 await stop.wait()
+
+
+def check_watch_dir(config: BusConfig) -> None:
+    """Make sure `--watch-dir` (and the data dir for its offsets) can be used, at start.
+
+    Raises:
+        StartupError: naming the directory and why.
+    """
+    if config.watch_dir is None:
+        return
+    try:
+        Path(config.watch_dir).mkdir(parents=True, exist_ok=True)
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)  # the offsets live there
+    except OSError as exc:
+        raise StartupError(f"cannot use the watch directory {config.watch_dir}: {exc}") from None

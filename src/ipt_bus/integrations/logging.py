@@ -23,9 +23,9 @@ from typing import Any, Final
 
 import orjson
 
-from ipt_bus.client._common import ClientError
 from ipt_bus.client.events import log as log_event
 from ipt_bus.client.publisher import EventBusPublisher
+from ipt_bus.core.errors import ClientError
 from ipt_bus.core.model import Event
 
 # Attributes every LogRecord has: everything else was passed in `extra` and becomes `context`.

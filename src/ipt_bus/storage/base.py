@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
+from ipt_bus.core.frames import Gap, GapReason
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import matches_any
 
@@ -197,6 +198,24 @@ def _key_bytes(key: str) -> int:
 def published_range(epoch: str, first: int, count: int) -> list[Published]:
     """Where a publish of `count` events from `first` went (an idempotent repeat's answer)."""
     return [Published(event_id(epoch, s), s) for s in range(first, first + count)]
+
+
+def resume_point(since: int, epoch: str | None, log: EventLog) -> tuple[int, Gap | None]:
+    """Where a reader resuming after `since` (counted in `epoch`, if it says) starts in `log`,
+    and the gap to tell it first. A `since` from another epoch, or past this log's end, counts
+    in a history that is gone: the reader starts from this log's beginning."""
+    if (epoch is not None and epoch != log.epoch) or since > log.last_seq:
+        return 0, Gap(GapReason.EPOCH, since + 1, None, log.epoch)
+    return since, None
+
+
+def retention_gap(since: int, page: Page, upto: int | None = None) -> Gap | None:
+    """The gap before `page`, read after `since` (and up to `upto`): what retention had removed
+    when the page was read. The one computation for `GET /events` and WebSocket catch-ups."""
+    if since >= page.first_seq - 1:
+        return None
+    last_missing = page.first_seq - 1 if upto is None else min(page.first_seq - 1, upto)
+    return Gap(GapReason.RETENTION, since + 1, last_missing)
 
 
 def event_id(epoch: str, seq: int) -> str:
