@@ -15,7 +15,7 @@ from ipt_bus.core.config import BusConfig
 class FakeSocket:
     def __init__(self, frames: list[str], pongs_wanted: int = 0) -> None:
         self.incoming = list(frames)
-        self.sent: list[tuple[float, str]] = []
+        self.sent: list[tuple[float, bytes]] = []
         self.closed: int | None = None
         self.pongs_wanted = pongs_wanted
         self.all_pongs = trio.Event()
@@ -27,15 +27,15 @@ class FakeSocket:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: bytes) -> None:
         if self.closed is not None:
             raise Disconnected(1006)
         self.sent.append((trio.current_time(), text))
-        if sum('"pong"' in t for _, t in self.sent) == self.pongs_wanted:
+        if sum(b'"pong"' in t for _, t in self.sent) == self.pongs_wanted:
             self.all_pongs.set()
         await trio.lowlevel.checkpoint()
 
-    async def send_many(self, texts: list[str]) -> None:
+    async def send_many(self, texts: list[bytes]) -> None:
         for text in texts:
             await self.send(text)
 
@@ -55,7 +55,7 @@ async def test_a_client_past_the_frame_rate_is_read_slower(
         await connection.attach()
         nursery.start_soon(connection.run)
         await sock.all_pongs.wait()
-        pongs = [t for t, text in sock.sent if '"pong"' in text]
+        pongs = [t for t, text in sock.sent if b'"pong"' in text]
         # a burst of 100 at once, then 100 a second: the 300th after about 2 s
         assert math.isclose(pongs[99] - start, 0, abs_tol=0.05)
         assert 1.9 <= pongs[-1] - start <= 2.2

@@ -11,14 +11,14 @@ def make(max_events: int = 3, max_bytes: int = 1_000, max_replies: int = 2) -> O
     return Outbox(max_events, max_bytes, max_replies, slow_consumer_seconds=10.0)
 
 
-def frames(data: list[str]) -> list[dict[str, object]]:
+def frames(data: list[bytes]) -> list[dict[str, object]]:
     return [orjson.loads(d) for d in data]
 
 
 async def test_offer_and_take_in_order() -> None:
     box = make()
     for seq in (1, 2, 3):
-        assert box.offer(f'{{"seq":{seq}}}', seq, 0.0)
+        assert box.offer(f'{{"seq":{seq}}}'.encode(), seq, 0.0)
     taken = await box.take()
     assert [f["seq"] for f in frames(taken.events)] == [1, 2, 3]
     assert taken.oldest_accepted_at == 0.0
@@ -28,7 +28,7 @@ async def test_a_full_outbox_leaves_what_follows_to_the_log() -> None:
     box = make(max_events=2)
     box.start(["**"], 0)
     for seq in range(1, 6):
-        assert box.offer(f'{{"seq":{seq}}}', seq, 0.0)
+        assert box.offer(f'{{"seq":{seq}}}'.encode(), seq, 0.0)
     assert (box.offered, box.deferred, box.dropped, box.catch_ups) == (5, 3, 0, 1)
     assert box.behind
     assert box.lag == 5
@@ -39,7 +39,7 @@ async def test_a_full_outbox_leaves_what_follows_to_the_log() -> None:
     assert first.upto == 5
     box.wrote(5, 5)
     assert (box.lag, box.delivered) == (0, 5)
-    box.offer('{"seq":6}', 6, 0.0)  # live again
+    box.offer(b'{"seq":6}', 6, 0.0)  # live again
     assert not behind(box)
     taken = await box.take()
     assert frames(taken.events) == [{"seq": 6}]
@@ -49,9 +49,9 @@ async def test_a_full_outbox_leaves_what_follows_to_the_log() -> None:
 async def test_once_behind_it_takes_no_live_event_until_the_writer_took_the_range() -> None:
     box = make(max_events=10, max_bytes=40)
     box.start(["**"], 0)
-    box.offer('{"seq":1}', 1, 0.0)
-    box.offer('{"seq":2,"blob":"' + "x" * 40 + '"}', 2, 0.0)  # over the byte bound
-    box.offer('{"seq":3}', 3, 0.0)  # would fit, but must not overtake 2
+    box.offer(b'{"seq":1}', 1, 0.0)
+    box.offer(b'{"seq":2,"blob":"' + b"x" * 40 + b'"}', 2, 0.0)  # over the byte bound
+    box.offer(b'{"seq":3}', 3, 0.0)  # would fit, but must not overtake 2
     taken = await box.take()
     assert frames(taken.events) == [{"seq": 1}]
     assert taken.missed == [Missed(1, 3, ("**",))]
@@ -60,11 +60,11 @@ async def test_once_behind_it_takes_no_live_event_until_the_writer_took_the_rang
 async def test_a_subscription_change_while_behind_starts_a_new_range() -> None:
     box = make(max_events=1)
     box.start(["a"], 0)
-    box.offer("1", 1, 0.0)
-    box.offer("2", 2, 0.0)  # behind from here, under ["a"]
+    box.offer(b"1", 1, 0.0)
+    box.offer(b"2", 2, 0.0)  # behind from here, under ["a"]
     box.resubscribed(["a", "b"], 3)  # seq 3 was published (not matching) before the change
     box.resubscribed(["b"], 3)  # nothing missed under ["a", "b"]: that range is replaced
-    box.offer("4", 4, 0.0)
+    box.offer(b"4", 4, 0.0)
     taken = await box.take()
     assert taken.missed == [Missed(1, 3, ("a",)), Missed(3, 4, ("b",))]
 
@@ -72,9 +72,9 @@ async def test_a_subscription_change_while_behind_starts_a_new_range() -> None:
 async def test_subscription_ranges_are_bounded() -> None:
     box = make(max_events=1)
     box.start(["p0"], 0)
-    box.offer("1", 1, 0.0)
+    box.offer(b"1", 1, 0.0)
     for seq in range(2, 30):
-        box.offer(str(seq), seq, 0.0)
+        box.offer(str(seq).encode(), seq, 0.0)
         box.resubscribed([f"p{seq}"], seq)
     taken = await box.take()
     assert len(taken.missed) == MAX_MISSED_RANGES
@@ -90,14 +90,14 @@ async def test_a_resume_starts_with_the_history_missed() -> None:
     with trio.fail_after(1):
         taken = await box.take()
     assert taken.missed == [Missed(10, 40, ("task.*",))]
-    assert box.offer("41", 41, 0.0)
-    assert (await box.take()).events == ["41"]
+    assert box.offer(b"41", 41, 0.0)
+    assert (await box.take()).events == [b"41"]
 
 
 async def test_byte_bound() -> None:
     box = make(max_events=100, max_bytes=20)
-    assert box.offer("x" * 15, 1, 0.0)
-    assert box.offer("y" * 15, 2, 0.0)
+    assert box.offer(b"x" * 15, 1, 0.0)
+    assert box.offer(b"y" * 15, 2, 0.0)
     assert box.queued == 1
     assert box.deferred == 1
 
@@ -106,16 +106,16 @@ async def test_deferring_with_no_write_for_the_timeout_closes_with_4008(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     box = make(max_events=1)
-    box.offer("1", 1, 0.0)
-    box.offer("2", 2, 0.0)  # behind since now
+    box.offer(b"1", 1, 0.0)
+    box.offer(b"2", 2, 0.0)  # behind since now
     await trio.sleep(9.9)
-    box.offer("3", 3, 0.0)
+    box.offer(b"3", 3, 0.0)
     assert closed_code(box) is None
     await trio.sleep(0.2)
-    box.offer("4", 4, 0.0)
+    box.offer(b"4", 4, 0.0)
     assert closed_code(box) == 4008
     assert await box.wait_closed() == 4008
-    assert not box.offer("5", 5, 0.0)  # closed: dropped
+    assert not box.offer(b"5", 5, 0.0)  # closed: dropped
     assert box.dropped == 1
 
 
@@ -123,35 +123,35 @@ async def test_a_write_getting_through_resets_the_slow_consumer_timer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     box = make(max_events=1)
-    box.offer("1", 1, 0.0)
-    box.offer("2", 2, 0.0)
+    box.offer(b"1", 1, 0.0)
+    box.offer(b"2", 2, 0.0)
     await trio.sleep(9)
     await box.take()  # taking alone is not progress: the socket may still be stuck
     box.wrote(2, 1)
-    box.offer("3", 3, 0.0)
-    box.offer("4", 4, 0.0)
+    box.offer(b"3", 3, 0.0)
+    box.offer(b"4", 4, 0.0)
     await trio.sleep(9)
-    box.offer("5", 5, 0.0)  # deferring again, but only for 9 s
+    box.offer(b"5", 5, 0.0)  # deferring again, but only for 9 s
     assert box.closed_code is None
 
 
 async def test_replies_wait_when_their_lane_is_full_and_are_never_dropped() -> None:
     box = make(max_replies=2)
-    await box.reply("a")
-    await box.reply("b")
+    await box.reply(b"a")
+    await box.reply(b"b")
     done = trio.Event()
 
     async def third() -> None:
-        await box.reply("c")
+        await box.reply(b"c")
         done.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(third)
         await trio.testing.wait_all_tasks_blocked()
         assert not done.is_set()
-        assert (await box.take()).replies == ["a", "b"]
+        assert (await box.take()).replies == [b"a", b"b"]
         await done.wait()
-    assert (await box.take()).replies == ["c"]
+    assert (await box.take()).replies == [b"c"]
 
 
 async def test_take_returns_empty_once_closed() -> None:

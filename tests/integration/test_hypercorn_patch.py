@@ -48,9 +48,11 @@ def test_text_frames_are_what_wsproto_writes() -> None:
     from wsproto.events import TextMessage
 
     wsproto = Connection(ConnectionType.SERVER)
-    for n in (0, 1, 125, 126, 65535, 65536, 70000):
-        text = "é" * (n // 2) + "x" * (n % 2)  # multi-byte: the length is of the UTF-8 bytes
-        assert _hypercorn.text_frame(text) == wsproto.send(TextMessage(data=text))
+    texts = ["é" * (n // 2) + "x" * (n % 2) for n in (0, 1, 125, 126, 65535, 65536, 70000)]
+    for text in texts:  # multi-byte: the length is of the UTF-8 bytes
+        assert _hypercorn.text_frames([text.encode()]) == wsproto.send(TextMessage(data=text))
+    expected = b"".join(wsproto.send(TextMessage(data=t)) for t in texts)
+    assert _hypercorn.text_frames([t.encode() for t in texts]) == expected
 
 
 def test_the_direct_sender_is_found_only_on_hypercorns_http11_websocket() -> None:
@@ -73,6 +75,6 @@ async def test_other_asgi_servers_get_one_websocket_send_per_message() -> None:
         sent.append(message)
 
     socket = AsgiWebSocket(None, send)
-    await socket.send_many(["a", "b"])
-    await socket.send("c")
+    await socket.send_many([b"a", b"b"])
+    await socket.send(b"c")
     assert sent == [{"type": "websocket.send", "text": t} for t in "abc"]

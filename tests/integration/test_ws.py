@@ -445,7 +445,7 @@ async def test_a_backlog_without_batching_is_one_message_per_event_in_one_write(
     writes: list[int] = []
     send = _hypercorn.DirectSender.send
 
-    async def counted(sender: _hypercorn.DirectSender, texts: list[str]) -> None:
+    async def counted(sender: _hypercorn.DirectSender, texts: list[bytes]) -> None:
         writes.append(len(texts))
         await send(sender, texts)
 

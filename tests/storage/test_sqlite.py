@@ -58,7 +58,7 @@ async def test_append_assigns_seq_and_reads_back(tmp_path: Path) -> None:
         assert [r.seq for r in latest] == [2]
         stats = log.stats()
         assert (stats.size, stats.first_seq, stats.last_seq) == (2, 1, 2)
-        assert stats.bytes == sum(len(r.data.encode()) for r in records)
+        assert stats.bytes == sum(len(r.data) for r in records)
     finally:
         await log.aclose()
 

@@ -83,13 +83,13 @@ class WebSocketLike(Protocol):
     """The little a connection needs of a socket (ASGI in production, fakes in tests)."""
 
     async def receive(self) -> str | bytes:
-        """The next message. Raises `Disconnected`."""
+        """The next message (text as `str`, binary as `bytes`). Raises `Disconnected`."""
 
-    async def send(self, text: str) -> None:
-        """Send one text message. Raises `Disconnected`."""
+    async def send(self, text: bytes) -> None:
+        """Send one text message, given as its UTF-8 bytes. Raises `Disconnected`."""
 
-    async def send_many(self, texts: list[str]) -> None:
-        """Send each text as its own message, in one write where the server can."""
+    async def send_many(self, texts: list[bytes]) -> None:
+        """Send each (UTF-8) text as its own message, in one write where the server can."""
 
     async def close(self, code: int) -> None: ...
 
@@ -141,7 +141,7 @@ class Connection:
     _params: ConnectParams
     _remote: str | None = None  # the peer's address, as `/connections` shows it
     conn_id: int = 0  # given by the router at `attach`
-    _first: list[str] = attrs.field(factory=list)  # what the client is told after `welcome`
+    _first: list[bytes] = attrs.field(factory=list)  # what the client is told after `welcome`
     _origin: Origin = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
     _batch: bool = attrs.field(init=False)
@@ -207,7 +207,7 @@ class Connection:
         bus.stats.record(Closed(self.conn_id, self.close_code))
         return self.close_code
 
-    def _resume_point(self) -> tuple[int | None, list[str]]:
+    def _resume_point(self) -> tuple[int | None, list[bytes]]:
         """Where a `since=` resume starts reading, and what to tell the client first (a `gap`
         with reason `epoch` when its `seq` counts in another log's history)."""
         since = self._params.since
@@ -344,7 +344,7 @@ class Connection:
 
     # --- writing ---
 
-    async def _writer(self, first: list[str]) -> None:
+    async def _writer(self, first: list[bytes]) -> None:
         outbox = self._outbox
         try:
             await self._ws.send_many([codec.encode_frame(self._welcome()), *first])
@@ -402,20 +402,20 @@ class Connection:
         crowd = self._bus.router.batch_connections
         return max(cfg.batch_linger_seconds, crowd / cfg.batch_messages_per_second)
 
-    async def _send_frames(self, frames: list[str]) -> None:
+    async def _send_frames(self, frames: list[bytes]) -> None:
         if not self._batch or len(frames) == 1:
             await self._ws.send_many(frames)
             return
         limit = self._bus.config.batch_frame_bytes
-        chunk: list[str] = []
+        chunk: list[bytes] = []
         size = 0
         for frame in frames:
             if chunk and size + len(frame) > limit:
-                await self._ws.send("\n".join(chunk))
+                await self._ws.send(b"\n".join(chunk))
                 chunk, size = [], 0
             chunk.append(frame)
             size += len(frame) + 1
-        await self._ws.send("\n".join(chunk))
+        await self._ws.send(b"\n".join(chunk))
 
     async def _catch_up(self, missed: list[Missed]) -> None:
         """Send the missed events from the log, in pages, then return to live ones.

@@ -47,8 +47,8 @@ class Missed:
 class Taken:
     """What the writer takes in one go: replies first, then queued events, then missed ranges."""
 
-    replies: list[str]
-    events: list[str]
+    replies: list[bytes]
+    events: list[bytes]
     missed: list[Missed]  # read from the log, in order, after `events`
     upto: int  # the newest `seq` offered so far: all of it is handed over once this is sent
     oldest_accepted_at: float | None  # trio time the oldest taken event was accepted
@@ -60,9 +60,9 @@ class Outbox:
     max_bytes: int
     max_replies: int
     slow_consumer_seconds: float
-    _events: deque[tuple[str, float]] = attrs.field(factory=deque)
-    _bytes: int = 0
-    _replies: deque[str] = attrs.field(factory=deque)
+    _events: deque[tuple[bytes, float]] = attrs.field(factory=deque)
+    _bytes: int = 0  # UTF-8 bytes of the queued events
+    _replies: deque[bytes] = attrs.field(factory=deque)
     _waiter: trio.lowlevel.Task | None = None  # the writer, parked until there is work
     _space: trio.Event = attrs.field(factory=trio.Event)
     _patterns: tuple[str, ...] = ("**",)  # the subscriptions, as the router last said
@@ -110,7 +110,7 @@ class Outbox:
             after, old = missed[-1]
             missed[-1] = (after, tuple(sorted({*old, *self._patterns})))
 
-    def offer(self, data: str, seq: int, accepted_at: float) -> bool:
+    def offer(self, data: bytes, seq: int, accepted_at: float) -> bool:
         """Queue one encoded event, or leave it to the log when the queue is full (or behind).
 
         Returns False only when the outbox is closed (the event is dropped for it).
@@ -175,7 +175,7 @@ class Outbox:
 
     # --- connection side ---
 
-    async def reply(self, data: str) -> None:
+    async def reply(self, data: bytes) -> None:
         """Queue a reply to the client's own action; waits while that lane is full."""
         while len(self._replies) >= self.max_replies and self.closed_code is None:
             self._space = trio.Event()
@@ -204,7 +204,7 @@ class Outbox:
             self._missed.clear()
         return Taken(replies, events, missed, self._head, oldest)
 
-    def take_replies(self) -> list[str]:
+    def take_replies(self) -> list[bytes]:
         """The replies waiting now (the writer sends them between pages of a catch-up)."""
         replies = list(self._replies)
         self._replies.clear()

@@ -464,8 +464,9 @@ def frame_to_wire(frame: ServerFrame) -> dict[str, Any]:
     return out
 
 
-def encode_frame(frame: ServerFrame) -> str:
-    return dumps(frame_to_wire(frame)).decode()
+def encode_frame(frame: ServerFrame) -> bytes:
+    """A server frame as it goes on the wire: UTF-8 JSON, like the events."""
+    return dumps(frame_to_wire(frame))
 
 
 def error_frame(rid: RequestId, exc: ProtocolError) -> ErrorFrame:

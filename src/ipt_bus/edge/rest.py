@@ -187,7 +187,7 @@ async def get_events() -> Response:
         meta["next"] = page.next_since
     meta["count"] = len(records)
     meta["epoch"] = bus.log.epoch
-    head = b'{"events":[' + ",".join(r.data for r in records).encode() + b"]"
+    head = b'{"events":[' + b",".join(r.data for r in records) + b"]"
     return http.json_response(head + b"," + codec.dumps(meta)[1:])
 
 

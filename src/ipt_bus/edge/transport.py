@@ -202,9 +202,9 @@ class DirectSender:
         server = getattr(protocol.send, "__self__", None)
         return cls(stream, server) if isinstance(server, TCPServer) else None
 
-    async def send(self, texts: list[str]) -> None:
-        """Each text as its own message, all in one write; dropped once the socket is closing,
-        as hypercorn drops a `websocket.send` then."""
+    async def send(self, texts: list[bytes]) -> None:
+        """Each (UTF-8) text as its own message, all in one write; dropped once the socket is
+        closing, as hypercorn drops a `websocket.send` then."""
         stream = self._stream
         if (
             stream.closed
@@ -213,18 +213,23 @@ class DirectSender:
         ):
             return
         # a failed write closes the stream through `handle`, which sets its closed event
-        await _send_bytes(self._server, b"".join(map(text_frame, texts)))
+        await _send_bytes(self._server, text_frames(texts))
 
 
-def text_frame(text: str) -> bytes:
-    """One unmasked, unfragmented text frame (RFC 6455 §5.2), as wsproto writes it."""
-    data = text.encode()
-    n = len(data)
-    if n < 126:
-        return bytes((0x81, n)) + data
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + data
-    return b"\x81\x7f" + n.to_bytes(8, "big") + data
+def text_frames(texts: list[bytes]) -> bytes:
+    """Unmasked, unfragmented text frames (RFC 6455 §5.2), as wsproto writes them, of texts
+    already encoded: the bytes each event was encoded to once go to the socket as they are."""
+    parts: list[bytes] = []
+    for data in texts:
+        n = len(data)
+        if n < 126:
+            parts.append(bytes((0x81, n)))
+        elif n < 65536:
+            parts.append(b"\x81\x7e" + n.to_bytes(2, "big"))
+        else:
+            parts.append(b"\x81\x7f" + n.to_bytes(8, "big"))
+        parts.append(data)
+    return b"".join(parts)
 
 
 async def _send_pings(self: WSStream) -> None:
@@ -317,15 +322,15 @@ class AsgiWebSocket:
             return bytes(message.get("bytes") or b"")
         raise Disconnected(int(message.get("code", 1005)))
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: bytes) -> None:
         await self.send_many([text])
 
-    async def send_many(self, texts: list[str]) -> None:
+    async def send_many(self, texts: list[bytes]) -> None:
         if self._direct is not None:
             await self._direct.send(texts)
         else:
             for text in texts:
-                await self._send({"type": "websocket.send", "text": text})
+                await self._send({"type": "websocket.send", "text": text.decode()})
 
     async def close(self, code: int) -> None:
         await self._send({"type": "websocket.close", "code": code})

@@ -36,12 +36,13 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class Record:
-    """An event as stored: where it is, and its encoded JSON (made once, sent to everyone)."""
+    """An event as stored: where it is, and its JSON as UTF-8 bytes (encoded once, written as
+    they are to every subscriber's socket)."""
 
     seq: int
     id: str
     topic: str
-    data: str
+    data: bytes
 
 
 @attrs.frozen

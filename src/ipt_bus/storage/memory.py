@@ -74,7 +74,7 @@ class MemoryLog:
         for event in events:
             seq += 1
             stored = stamp(event, self._epoch, seq, now)
-            record = Record(seq, stored.id or "", stored.topic, encode_event(stored).decode())
+            record = Record(seq, stored.id or "", stored.topic, encode_event(stored))
             old = ring[seq % capacity]
             if old is not None:
                 self._bytes -= len(old[0].data)

@@ -255,11 +255,10 @@ class SqliteLog:
             seq += 1
             stored = stamp(event, epoch, seq, now_dt)
             raw = encode_event(stored)
-            data = raw.decode()
-            records.append(Record(seq, stored.id or "", event.topic, data))
+            records.append(Record(seq, stored.id or "", event.topic, raw))
             ts = (event.timestamp or now_dt).timestamp()
             cid = event.correlation_id
-            rows.append((seq, event.topic, event.type, ts, now, cid, len(raw), data))
+            rows.append((seq, event.topic, event.type, ts, now, cid, len(raw), raw))
             added_bytes += len(raw)
         key_rows = [(k.key, records[k.start].seq, k.count, now) for k in keys]
         try:
@@ -342,7 +341,9 @@ class SqliteLog:
                 rows = c.execute(sql, (cursor, *params, chunk)).fetchall()
                 for seq, topic, data in rows:
                     if exact or matches_any(patterns, topic):
-                        out.append(Record(seq, event_id(epoch, seq), topic, data))
+                        # stored as bytes (logs written before kept text)
+                        raw = data if isinstance(data, bytes) else data.encode()
+                        out.append(Record(seq, event_id(epoch, seq), topic, raw))
                         if len(out) == limit:
                             break
                 if len(rows) < chunk:
