@@ -182,4 +182,4 @@ def test_request_id_of_broken_frames() -> None:
 
 def test_event_from_json_roundtrip() -> None:
     stored = Event(type="t", topic="a.b", payload={"k": 1}, id="e-1", seq=1)
-    assert codec.event_from_json(codec.loads(codec.encode_event(stored))) == stored
+    assert codec.event_from_bus(codec.loads(codec.encode_event(stored))) == stored

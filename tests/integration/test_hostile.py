@@ -17,7 +17,6 @@ from ipt_bus.bus.connection import Connection
 from ipt_bus.bus.router import Router
 from ipt_bus.core.config import BusConfig
 from ipt_bus.core.errors import StorageError
-from ipt_bus.core.frames import ClientFrame, Ping
 from ipt_bus.server import Server, listening_socket
 from ipt_bus.storage.memory import MemoryLog
 from tests import rawws
@@ -222,14 +221,14 @@ async def test_a_silent_http_client_is_dropped(server: Server) -> None:
 async def test_a_bug_in_one_connection_closes_only_it_with_1011(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    original = Connection._dispatch
+    original = Connection._handle_message
 
-    async def buggy(self: Connection, frame: ClientFrame, *, small: bool) -> None:
-        if isinstance(frame, Ping) and frame.id == "boom":
+    async def buggy(self: Connection, message: str | bytes) -> None:
+        if isinstance(message, str) and '"boom"' in message:
             raise RuntimeError("injected bug")
-        await original(self, frame, small=small)
+        await original(self, message)
 
-    monkeypatch.setattr(Connection, "_dispatch", buggy)
+    monkeypatch.setattr(Connection, "_handle_message", buggy)
     async with running_server() as server, ws(server, "topics=n.*") as neighbour:
         async with ws(server) as victim:
             await victim.send_message('{"action": "ping", "id": "boom"}')

@@ -35,24 +35,20 @@ from ipt_bus.core.errors import (
     BusError,
     CloseCode,
     ErrorCode,
-    LimitExceeded,
     ProtocolError,
     StorageError,
-    as_protocol_error,
 )
 from ipt_bus.core.frames import (
-    Acked,
-    ClientFrame,
+    ErrorFrame,
     Ping,
-    Pong,
     Publish,
     RequestId,
     ServerFrame,
     Subscribe,
-    Subscriptions,
     Unsubscribe,
     Welcome,
 )
+from ipt_bus.core.protocol import ServerConversation
 from ipt_bus.core.topics import validate_pattern
 from ipt_bus.storage.base import Query, resume_point, retention_gap
 
@@ -143,8 +139,8 @@ class Connection:
     conn_id: int = 0  # given by the router at `attach`
     _first: list[bytes] = attrs.field(factory=list)  # what the client is told after `welcome`
     _origin: Origin = attrs.field(init=False)
+    _conversation: ServerConversation = attrs.field(init=False)
     _outbox: Outbox = attrs.field(init=False)
-    _batch: bool = attrs.field(init=False)
     _pipeline: _Pipeline | None = None  # made on the first publish: most subscribers never do
     _nursery: trio.Nursery | None = None
     _last_sample: float = -1.0
@@ -153,7 +149,12 @@ class Connection:
     def __attrs_post_init__(self) -> None:
         cfg = self._bus.config
         self._origin = Origin("ws", self._remote)
-        self._batch = self._params.batch
+        self._conversation = ServerConversation(
+            cfg.max_message_bytes,
+            cfg.max_event_bytes,
+            frozenset(self._params.patterns),
+            self._params.batch,
+        )
         self._outbox = Outbox(
             max_events=cfg.outbox_events,
             max_bytes=cfg.outbox_bytes,
@@ -170,7 +171,7 @@ class Connection:
             BusClosed: the bus is shutting down.
         """
         since, self._first = self._resume_point()
-        peer = Peer(self._remote, time.time(), self._batch)
+        peer = Peer(self._remote, time.time(), self._conversation.batch)
         self.conn_id = await self._bus.router.attach(
             self._outbox, self._params.patterns, since=since, peer=peer
         )
@@ -236,46 +237,23 @@ class Connection:
             self._outbox.close(-exc.code)  # negative: the peer closed, nothing to send
 
     async def _handle_message(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            await self._error(
-                None,
-                ProtocolError(
-                    ErrorCode.UNSUPPORTED_FRAME,
-                    "binary frames are not supported; send JSON as text frames",
-                ),
-            )
+        got = self._conversation.receive(message)
+        if isinstance(got, ErrorFrame):
+            await self._reply(got)
             return
-        limit = self._bus.config.max_message_bytes
-        if len(message) * 4 > limit and len(message.encode("utf-8", "surrogatepass")) > limit:
-            await self._error(
-                codec.request_id_of(message[:4096]),
-                LimitExceeded(
-                    f"message is larger than {limit} bytes (max_message_bytes)", too_large=True
-                ),
-            )
-            return
-        try:
-            frame = codec.decode_client_frame(message)
-        except ProtocolError as exc:
-            await self._error(codec.request_id_of(message), exc)
-            return
-        # a frame that cannot hold an event over the limit spares measuring each event
-        small = len(message) * 4 <= self._bus.config.max_event_bytes
-        await self._dispatch(frame, small=small)
-
-    async def _dispatch(self, frame: ClientFrame, *, small: bool) -> None:
+        frame = got.frame
         try:
             match frame:
                 case Publish():
-                    await self._publish(frame, small=small)
+                    await self._publish(frame, small=got.small)
                 case Subscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=True, batch=frame.batch)
                 case Unsubscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=False)
                 case Ping():
-                    await self._reply(Pong(frame.id))
+                    await self._reply(self._conversation.pong(frame.id))
         except BusError as exc:
-            await self._error(frame.id, as_protocol_error(exc))
+            await self._reply(self._conversation.refused(frame.id, exc))
 
     async def _publish(self, frame: Publish, *, small: bool) -> None:
         cfg = self._bus.config
@@ -294,34 +272,39 @@ class Connection:
             pipeline = self._pipeline = _Pipeline.open(cfg.publishes_in_flight)
             assert self._nursery is not None
             self._nursery.start_soon(self._acker, pipeline)
-        pipeline.token += 1
+        token = self._conversation.publishing(frame)
         batch = frame.event is None
-        await ingress.submit(
-            self._bus,
-            self._origin,
-            decode,
-            partial(_raw, frame),
-            field="events" if batch else "event",
-            batch=batch,
-            key=frame.idempotency_key,
-            reply=pipeline.answers,
-            token=pipeline.token,
-        )
+        try:
+            await ingress.submit(
+                self._bus,
+                self._origin,
+                decode,
+                partial(_raw, frame),
+                field="events" if batch else "event",
+                batch=batch,
+                key=frame.idempotency_key,
+                reply=pipeline.answers,
+                token=token,
+            )
+        except BusError:
+            self._conversation.withdrawn(token)
+            raise
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
-        await pipeline.in_flight.send((frame, pipeline.token))
+        await pipeline.in_flight.send((frame, token))
 
     async def _acker(self, pipeline: _Pipeline) -> None:
         timeout = self._bus.config.publish_timeout_seconds
         async for frame, token in pipeline.in_flight_rx:
+            result: list[Published] | BusError
             try:
-                published = await pipeline.answer_for(token, timeout)
+                result = await pipeline.answer_for(token, timeout)
             except BusError as exc:
                 if isinstance(exc, StorageError):
                     ingress.failed(self._bus, self._origin, exc, partial(_raw, frame))
-                await self._error(frame.id, as_protocol_error(exc))
-            else:
-                if frame.ack:
-                    await self._reply(Acked(frame.id, published, frame.event is None))
+                result = exc
+            answer = self._conversation.answered(token, result)
+            if answer is not None:
+                await self._reply(answer)
 
     async def _subscribe(
         self, rid: RequestId, topics: list[str], *, subscribe: bool, batch: bool | None = None
@@ -332,15 +315,12 @@ class Connection:
         held = await self._bus.router.subscribe(
             self.conn_id, patterns, subscribe=subscribe, batch=batch
         )
-        if batch is not None:
-            self._batch = batch
-        await self._reply(Subscriptions(rid, sorted(held), subscribe))
+        await self._reply(
+            self._conversation.subscribed(rid, held, subscribe=subscribe, batch=batch)
+        )
 
     async def _reply(self, frame: ServerFrame) -> None:
         await self._outbox.reply(codec.encode_frame(frame))
-
-    async def _error(self, rid: RequestId, exc: ProtocolError) -> None:
-        await self._reply(codec.error_frame(rid, exc))
 
     # --- writing ---
 
@@ -351,7 +331,7 @@ class Connection:
             last_send = -math.inf
             overflows = 0
             while True:
-                if self._batch:
+                if self._conversation.batch:
                     # Under load, wait out the window since the last message so a backlog
                     # builds up and leaves as one message; an idle subscriber is not delayed.
                     await outbox.wait_ready()
@@ -403,7 +383,7 @@ class Connection:
         return max(cfg.batch_linger_seconds, crowd / cfg.batch_messages_per_second)
 
     async def _send_frames(self, frames: list[bytes]) -> None:
-        if not self._batch or len(frames) == 1:
+        if not self._conversation.batch or len(frames) == 1:
             await self._ws.send_many(frames)
             return
         limit = self._bus.config.batch_frame_bytes

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from ipt_bus.core.codec import event_from_bus as event_from_bus
 from ipt_bus.core.codec import event_to_wire
 from ipt_bus.core.config import DEFAULT_PORT
 from ipt_bus.core.errors import BusUnavailable, PublishRejected
@@ -44,21 +44,6 @@ def event_body(event: Event) -> dict[str, Any]:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
-
-
-def event_from_bus(obj: dict[str, Any]) -> Event:
-    """An event as the bus sent it (already validated there): built directly, fast."""
-    ts = obj.get("timestamp")
-    return Event(
-        type=obj["type"],
-        topic=obj["topic"],
-        payload=obj["payload"],
-        timestamp=datetime.fromisoformat(ts) if ts else None,
-        source=obj.get("source"),
-        correlation_id=obj.get("correlation_id"),
-        id=obj.get("id"),
-        seq=obj.get("seq"),
-    )
 
 
 def new_key() -> str:

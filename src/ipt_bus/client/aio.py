@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import logging
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +43,6 @@ from ipt_bus.core.frames import (
     ClientFrame,
     ErrorFrame,
     Gap,
-    GapReason,
     Publish,
     ServerFrame,
     Subscribe,
@@ -53,6 +51,7 @@ from ipt_bus.core.frames import (
     Welcome,
 )
 from ipt_bus.core.model import Event, Published
+from ipt_bus.core.protocol import ClientConversation
 from ipt_bus.core.topics import matches_any, validate_pattern
 
 if TYPE_CHECKING:
@@ -113,21 +112,29 @@ class EventBusClient:
         self.retries = retries
         self.reconnect = reconnect
         self.topics: list[str] = [validate_pattern(t, "topics") for t in topics or ()]
-        self.last_seq = since
-        self.epoch = epoch
+        self._conversation = ClientConversation(epoch, since)
         self._handlers: list[tuple[str, Callable[[Event], Any]]] = []
         self._gap_handlers: list[Callable[[Gap], Any]] = []
         self._http: httpx.AsyncClient | None = None
         self._ws: Any = None
         self._connected = anyio.Event()
         self._requests: dict[int, _Request] = {}
-        self._ids = itertools.count(1)
         self._queue_size = queue_size
         self._stream: EventStream | None = None  # the iterator events() handed out last
         self._stack: contextlib.AsyncExitStack | None = None
         self._group: TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._running = False  # a session is on: publishes go over the WebSocket
+
+    @property
+    def last_seq(self) -> int | None:
+        """The `seq` of the last event delivered: a reconnect resumes after it."""
+        return self._conversation.last_seq
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the bus's log, as its `welcome` (or an epoch gap) said."""
+        return self._conversation.epoch
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -256,11 +263,7 @@ class EventBusClient:
         query = {"batch": "1"}
         if self.topics:
             query["topics"] = ",".join(self.topics)
-        if self.last_seq is not None:
-            query["since"] = str(self.last_seq)
-            if self.epoch is not None:
-                query["epoch"] = self.epoch
-        return _common.ws_url(self.url, query)
+        return _common.ws_url(self.url, query | self._conversation.resume_query())
 
     async def _welcome(self, ws: Any) -> None:
         with anyio.fail_after(self.timeout):
@@ -268,31 +271,22 @@ class EventBusClient:
         welcome = codec.decode_server_frame(first) if "action" in first else None
         if not isinstance(welcome, Welcome):
             raise HTTPXWSException(f"expected a welcome frame, got {first!r:.200}")
-        self.epoch = welcome.epoch
-        if self.last_seq is None:
-            self.last_seq = welcome.seq  # live from here; resume from here after a drop
+        self._conversation.welcomed(welcome)  # a first one goes live from here
 
     async def _on_message(self, message: str) -> None:
-        for obj in _common.frames(message):
-            if "action" not in obj:
-                await self._deliver(_common.event_from_bus(obj))
-                continue
-            frame = codec.decode_server_frame(obj)
-            if isinstance(frame, Gap):
-                await self._on_gap(frame)
-            elif frame is not None and not isinstance(frame, Welcome):
-                request = self._requests.get(frame.id)  # type: ignore[arg-type]  # ids are ours
+        for item in self._conversation.receive(_common.frames(message)):
+            if isinstance(item, Event):
+                await self._deliver(item)
+            elif isinstance(item, Gap):
+                await self._on_gap(item)
+            elif not isinstance(item, Welcome):
+                request = self._requests.get(item.id)  # type: ignore[arg-type]  # ids are ours
                 if request is not None:
-                    request.answer = frame
+                    request.answer = item
                     request.done.set()
 
     async def _deliver(self, event: Event) -> None:
-        seq = event.seq
-        if seq is not None:
-            if self.last_seq is not None and seq <= self.last_seq:
-                return  # seen already (a resume overlapping what arrived)
-            self.last_seq = seq
-        topic = event.topic
+        seq, topic = event.seq, event.topic
         for pattern, handler in self._handlers:
             if matches_any((pattern,), topic):
                 try:
@@ -306,11 +300,7 @@ class EventBusClient:
             await stream.put(event)
 
     async def _on_gap(self, gap: Gap) -> None:
-        if gap.reason == GapReason.EPOCH:
-            self.last_seq = 0  # the log started over: everything in it is new to us
-            self.epoch = gap.epoch
-        elif gap.to_seq is not None:
-            self.last_seq = max(self.last_seq or 0, gap.to_seq)
+        """History the bus no longer has (the conversation already moved past it)."""
         if not self._gap_handlers:
             raise HistoryLost(gap)
         for handler in self._gap_handlers:
@@ -324,8 +314,8 @@ class EventBusClient:
         """The events the session receives from this call on, in order, inside
         ``async with client:``: ``async for event in client.events(): ...``.
 
-        Bounded: a consumer that falls behind slows the session down; the bus then drops for
-        this connection and the client refills the gap from the log.
+        Bounded: a consumer that falls behind slows the session down; the bus keeps what it
+        misses meanwhile in its log and sends it when the session reads again.
         """
         if self._group is None:
             raise RuntimeError("use `async with EventBusClient(...) as client:` around events()")
@@ -367,9 +357,10 @@ class EventBusClient:
     async def _request(self, frame: ClientFrame) -> ServerFrame:
         if not self._running:
             raise RuntimeError("not connected: use `async with client:` or run listen_async()")
-        rid = next(self._ids)
-        frame = attrs.evolve(frame, id=rid)
-        request = _Request(frame, codec.encode_client_frame(frame))
+        frame, text = self._conversation.request(frame)
+        rid = frame.id
+        assert isinstance(rid, int)
+        request = _Request(frame, text)
         self._requests[rid] = request
         try:
             for attempt in range(self.retries + 1):
