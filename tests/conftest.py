@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from ipt_bus.core.config import BusConfig
 from ipt_bus.core.schemas import SCHEMAS
 from ipt_bus.server import Server, serve
+from tests import rawws
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -58,12 +59,45 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
+async def open_ws(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """trio-websocket's `open_websocket_url`, closing the socket on the way out also when the
+    server closed first: trio-websocket's own `aclose` returns early once the peer's close frame
+    arrived and leaves the socket open (a ResourceWarning later, from the GC)."""
+    stream: trio.abc.Stream | None = None
+    try:
+        async with open_websocket_url(url, **kwargs) as conn:
+            stream = conn._stream
+            yield conn
+    finally:
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+
+async def refused(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A WebSocket handshake the server refuses: its HTTP status and JSON body. (A raw peer:
+    trio-websocket leaks its socket when a handshake is refused.)"""
+    rest = url.removeprefix("ws://")
+    where, _, query = rest.partition("?")
+    host_port, _, path = where.partition("/")
+    host, port = host_port.rsplit(":", 1)
+    target = "/" + path + (f"?{query}" if query else "")
+    peer = await rawws.connect(host, int(port), target, headers)
+    async with peer.stream:
+        length = int(peer.headers.get("content-length", "0"))
+        with trio.fail_after(RECEIVE_SECONDS):
+            while len(peer.buf) < length and await peer.fill():
+                pass
+        return peer.status, orjson.loads(bytes(peer.buf[:length]))
+
+
+@asynccontextmanager
 async def ws(
     server: Server, query: str = "", *, welcome: bool = True
 ) -> AsyncIterator[WebSocketConnection]:
     """A trio-websocket client on /ws; the welcome frame is read (and checked) first."""
     url = server.ws_url + (f"?{query}" if query else "")
-    async with open_websocket_url(url, message_queue_size=1) as conn:
+    async with open_ws(url, message_queue_size=1) as conn:
         if welcome:
             frame = await recv(conn)
             assert frame["action"] == "welcome", frame
@@ -123,6 +157,12 @@ REQUIRED = {
     }
     for topic, cls in SCHEMAS.items()
 }
+
+
+async def connections(server: Server, count: int, *, seconds: float = 10.0) -> None:
+    """Wait until the bus has exactly `count` WebSocket connections (the router says when)."""
+    with trio.fail_after(seconds):
+        await server.bus.router.wait_connections(count)
 
 
 async def wait_for(predicate: Any, *, seconds: float = 10.0) -> None:

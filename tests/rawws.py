@@ -22,7 +22,7 @@ class RawPeer:
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def _fill(self) -> bool:
+    async def fill(self) -> bool:
         chunk = await self.stream.receive_some(65536)
         if not chunk:
             return False
@@ -36,7 +36,7 @@ class RawPeer:
                 parsed = _parse(self.buf)
                 if parsed is not None:
                     return parsed
-                if not await self._fill():
+                if not await self.fill():
                     return None
 
     async def close_code(self) -> int | None:

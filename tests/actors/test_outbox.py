@@ -37,7 +37,9 @@ async def test_a_full_outbox_leaves_what_follows_to_the_log() -> None:
     assert frames(first.events) == [{"seq": 1}, {"seq": 2}]
     assert first.missed == [Missed(2, 5, ("**",))]
     assert first.upto == 5
+    assert behind(box)  # until the writer has read the range
     box.wrote(5, 5)
+    box.caught_up()
     assert (box.lag, box.delivered) == (0, 5)
     box.offer(b'{"seq":6}', 6, 0.0)  # live again
     assert not behind(box)

@@ -58,6 +58,7 @@ async def scenario(steps: list[tuple[Any, ...]]) -> None:
             for part in taken.missed:
                 page = await log.read_after(part.after, Query(part.patterns), 100, until=part.upto)
                 frames.extend(r.data for r in page.records)
+            outboxes[c].caught_up()
             for data in frames:
                 got[c].append(orjson.loads(data)["seq"])
 

@@ -22,7 +22,7 @@ from ipt_bus.client import (
     PublishRejected,
 )
 from ipt_bus.client import events as builders
-from tests.conftest import event, running_server, wait_for
+from tests.conftest import connections, event, running_server, wait_for
 from tests.integration.test_launch import free_port
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ async def test_spec_examples_run_verbatim_under_asyncio(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
         )
         try:
-            await wait_for(lambda: server.bus.router.statistics().connections == 1, seconds=30)
+            await connections(server, 1, seconds=30)
             publisher = EventBusPublisher(server.url)
             await trio.to_thread.run_sync(
                 lambda: publisher.publish_task_status(task_id="task-9", status="running")
@@ -174,7 +174,7 @@ async def test_the_listener_example_runs_under_trio() -> None:
         await client.connect_async(["task.status", "cost.update"])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.listen_async)
-            await wait_for(lambda: server.bus.router.statistics().connections == 1)
+            await connections(server, 1)
             await client.publish_event_rest_async(builders.task_status("t-1", "running"))
             await wait_for(lambda: seen == ["Task t-1 status: running"])
             await client.close()
@@ -301,7 +301,7 @@ async def test_resume_after_the_server_drops_the_connection() -> None:
                     body = [event("load.x", n=batch * 50 + i) for i in range(50)]
                     assert (await http.post("/events", json=body)).status_code == 201
                     if batch in (10, 25):  # the server drops the client mid-stream
-                        await wait_for(lambda: server.bus.router.statistics().connections == 1)
+                        await connections(server, 1)
                         # no public way to kick one connection: close its outbox (1011)
                         for outbox in list(server.bus.router._router._outboxes.values()):
                             outbox.close(1011)

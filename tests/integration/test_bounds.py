@@ -13,8 +13,8 @@ import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
+from tests.conftest import open_ws
 from tests.processes import Served, serve_process
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ async def test_the_worst_subscriptions_a_connection_may_hold_fit_the_budget(
         for c in range(SUBSCRIBERS):
             first = _worst_patterns(c)[0]
             conn = await stack.enter_async_context(
-                open_websocket_url(f"ws://127.0.0.1:{served.port}/ws?topics={first}")
+                open_ws(f"ws://127.0.0.1:{served.port}/ws?topics={first}")
             )
             await conn.get_message()  # welcome
             conns.append(conn)

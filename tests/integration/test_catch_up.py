@@ -8,15 +8,17 @@ closed (4008), and only what the log no longer holds becomes a `gap` (reason `re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
 
-from tests.conftest import closed_code, event, recv, running_server, wait_for
+from tests.conftest import closed_code, connections, event, open_ws, recv, running_server, wait_for
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
 
 RATE_BATCH = 10  # events per request; a request every 10 ms: about 1,000 events/s
 BLOB = "x" * 8_000  # big enough that the socket buffers fill within the test
@@ -65,7 +67,7 @@ async def test_a_paused_subscriber_gets_every_event_in_order_when_it_reads_again
             slow_consumer_seconds=60,
         ) as server,
         httpx.AsyncClient(base_url=server.url, timeout=10) as http,
-        open_websocket_url(server.ws_url + "?topics=stream.*", message_queue_size=0) as paused,
+        open_ws(server.ws_url + "?topics=stream.*", message_queue_size=0) as paused,
         trio.open_nursery() as nursery,
     ):
         assert (await recv(paused))["action"] == "welcome"
@@ -99,7 +101,7 @@ async def test_in_memory_what_the_ring_no_longer_holds_is_a_retention_gap() -> N
     async with (
         running_server(storage="memory", buffer_size=300, outbox_events=20) as server,
         httpx.AsyncClient(base_url=server.url, timeout=10) as http,
-        open_websocket_url(server.ws_url + "?topics=stream.*", message_queue_size=0) as paused,
+        open_ws(server.ws_url + "?topics=stream.*", message_queue_size=0) as paused,
     ):
         assert (await recv(paused))["action"] == "welcome"
         async with trio.open_nursery() as nursery:
@@ -123,17 +125,18 @@ async def test_a_subscriber_that_never_reads_is_closed_and_freed() -> None:
     progress = [0]
     async with (
         running_server(
-            outbox_events=20, slow_consumer_seconds=0.5, write_deadline_seconds=1
+            # the write deadline well after the slow-consumer rule, also on a loaded machine
+            outbox_events=20,
+            slow_consumer_seconds=0.5,
+            write_deadline_seconds=3,
         ) as server,
         httpx.AsyncClient(base_url=server.url, timeout=10) as http,
     ):
         baseline = (await http.get("/stats")).json()["tasks"]
-        async with open_websocket_url(
-            server.ws_url + "?topics=stream.*", message_queue_size=0
-        ) as stuck:
+        async with open_ws(server.ws_url + "?topics=stream.*", message_queue_size=0) as stuck:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stream, http, 100_000, progress)
-                await wait_for(lambda: server.bus.router.statistics().connections == 0)
+                await connections(server, 0)
                 nursery.cancel_scope.cancel()
             # it reads at last: what reached its socket buffer, then the connection is gone
             # (the server aborted the stuck write, so no close frame could follow)

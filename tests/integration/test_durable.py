@@ -18,10 +18,10 @@ import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError
 
 from ipt_bus.storage.sqlite import FILE_NAME, SqliteLog
-from tests.conftest import event, recv, request, running_server, send, wait_for, ws
+from tests.conftest import event, open_ws, recv, request, running_server, send, wait_for, ws
 from tests.integration.test_launch import BIN, free_port, healthy, process
 
 ACKED_BEFORE_KILL = 1_000
@@ -44,7 +44,7 @@ async def _ws_publisher(url: str, acked: dict[int, int], stop: trio.Event) -> No
     """Publish batches of 10 over one WebSocket; `acked` maps seq -> the payload's n."""
     n = 0
     try:
-        async with open_websocket_url(url) as conn:
+        async with open_ws(url) as conn:
             await conn.get_message()  # welcome
             while not stop.is_set():
                 batch = [event("crash.ws", n=n + i) for i in range(10)]
@@ -304,6 +304,7 @@ async def test_idempotent_publish_returns_the_original(tmp_path: Path, storage: 
         assert [e["topic"] for e in stored] == ["idem.a", "idem.b", "idem.b"]
         stats = (await http.get("/stats")).json()
         assert stats["counters"]["idempotent_repeats"] == 3
+        assert stats["log"]["idempotency_keys"] == {"held": 2, "evicted": 0}
         bad = await http.post("/events", json=event("idem.a"), headers={"Idempotency-Key": ""})
         assert bad.status_code == 400
         assert bad.json()["error"]["field"] == "Idempotency-Key"

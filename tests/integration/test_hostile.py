@@ -11,7 +11,6 @@ import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
 
 from ipt_bus.bus.connection import Connection
 from ipt_bus.bus.router import Router
@@ -20,7 +19,18 @@ from ipt_bus.core.errors import StorageError
 from ipt_bus.server import Server, listening_socket
 from ipt_bus.storage.memory import MemoryLog
 from tests import rawws
-from tests.conftest import closed_code, event, recv, request, running_server, wait_for, ws
+from tests.conftest import (
+    closed_code,
+    connections,
+    event,
+    open_ws,
+    recv,
+    refused,
+    request,
+    running_server,
+    wait_for,
+    ws,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -186,19 +196,14 @@ async def test_connection_cap_refuses_extras_with_503_before_the_upgrade() -> No
 
 async def test_allowed_origins() -> None:
     async with running_server(allowed_origins=("https://ok.example",)) as server:
-        with pytest.raises(ConnectionRejected) as info:
-            async with open_websocket_url(
-                server.ws_url, extra_headers=[(b"Origin", b"https://evil.example")]
-            ):
-                pass
-        assert info.value.status_code == 403
-        assert info.value.body is not None
-        assert orjson.loads(info.value.body)["error"]["code"] == "origin_not_allowed"
-        async with open_websocket_url(
+        status, body = await refused(server.ws_url, {"Origin": "https://evil.example"})
+        assert status == 403
+        assert body["error"]["code"] == "origin_not_allowed"
+        async with open_ws(
             server.ws_url, extra_headers=[(b"Origin", b"https://ok.example")]
         ) as conn:
             assert orjson.loads(await conn.get_message())["action"] == "welcome"
-        async with open_websocket_url(server.ws_url) as conn:  # no Origin: not a browser
+        async with open_ws(server.ws_url) as conn:  # no Origin: not a browser
             assert orjson.loads(await conn.get_message())["action"] == "welcome"
 
 
@@ -321,7 +326,7 @@ def _fd_count() -> int:
 async def test_connect_disconnect_cycles_leave_no_tasks_or_fds() -> None:
     async with running_server() as server:
         await (await raw(server)).aclose()  # warm up
-        await wait_for(lambda: server.bus.router.statistics().connections == 0)
+        await connections(server, 0)
         tasks, fds = _task_count(), _fd_count()
         for i in range(1000):
             peer = await raw(server)
@@ -338,10 +343,10 @@ async def test_connect_disconnect_cycles_leave_no_tasks_or_fds() -> None:
                 seconds=30,
             )
         except trio.TooSlowError:
-            connections = server.bus.router.statistics().connections
+            attached = server.bus.router.statistics().connections
             raise AssertionError(
                 f"tasks {tasks} -> {_task_count()}, fds {fds} -> {_fd_count()}, "
-                f"connections {connections}"
+                f"connections {attached}"
             ) from None
 
 
@@ -384,7 +389,7 @@ async def test_stats_accounting_is_consistent() -> None:
     log is what it could not queue."""
     async with (
         running_server(outbox_events=5, slow_consumer_seconds=60) as server,
-        open_websocket_url(server.ws_url + "?topics=g4.*", message_queue_size=0),
+        open_ws(server.ws_url + "?topics=g4.*", message_queue_size=0),
         ws(server, "topics=none") as pub,
         httpx.AsyncClient(base_url=server.url) as http,
     ):

@@ -15,9 +15,8 @@ import httpx
 import orjson
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
-from tests.conftest import closed_code, wait_for
+from tests.conftest import closed_code, open_ws, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -62,7 +61,7 @@ async def test_ipt_bus_serve_stops_on_sigterm_with_1001() -> None:
         url = f"http://127.0.0.1:{port}"
         async with process(str(BIN / "ipt-bus"), "serve", "--port", str(port)) as proc:
             await wait_for(lambda url=url: healthy(url), seconds=20)
-            async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as conn:
+            async with open_ws(f"ws://127.0.0.1:{port}/ws") as conn:
                 assert orjson.loads(await conn.get_message())["action"] == "welcome"
                 async with httpx.AsyncClient() as http:
                     await http.post(
@@ -123,7 +122,7 @@ async def test_plain_hypercorn_form() -> None:
         "ipt_bus.web:create_app()",
     ) as proc:
         await wait_for(lambda: healthy(url), seconds=20)
-        async with open_websocket_url(f"ws://127.0.0.1:{port}/ws?topics=custom.*") as conn:
+        async with open_ws(f"ws://127.0.0.1:{port}/ws?topics=custom.*") as conn:
             assert orjson.loads(await conn.get_message())["action"] == "welcome"
             async with httpx.AsyncClient() as http:
                 response = await http.post(

@@ -16,8 +16,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
 
+from tests.conftest import open_ws
 from tests.processes import Served, serve_process
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ async def test_any_value_in_any_field_gets_an_answer_never_a_crash(
             if response.status_code != 201:
                 assert isinstance(answer["error"]["code"], str), answer
     try:
-        async with open_websocket_url(f"ws://127.0.0.1:{served.port}/ws?topics=none") as conn:
+        async with open_ws(f"ws://127.0.0.1:{served.port}/ws?topics=none") as conn:
             await conn.get_message()  # welcome
             for sent in (frame, {"action": "publish", "id": "e", "event": event}):
                 await conn.send_message(json.dumps(sent))  # big integers too

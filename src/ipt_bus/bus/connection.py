@@ -408,7 +408,6 @@ class Connection:
         outbox = self._outbox
         event_log = self._bus.log
         read = 0
-        outbox.catching_up = True
         try:
             for part in missed:
                 query = Query(part.patterns)
@@ -432,5 +431,5 @@ class Connection:
                     read += len(page.records)
                     outbox.wrote(since, len(page.records))
         finally:
-            outbox.catching_up = False
+            outbox.caught_up()
         self._bus.stats.record(Counted("catch_up_events", read))

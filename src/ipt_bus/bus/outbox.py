@@ -78,7 +78,7 @@ class Outbox:
     catch_ups: int = 0  # times the queue overflowed and the connection fell back on the log
     sent: int = 0  # the newest `seq` the writer has written (or the resume point)
     delivered: int = 0  # events the writer has written (from the queue or from the log)
-    catching_up: bool = False  # the writer is reading missed events from the log
+    catching_up: bool = False  # the writer took missed events to read from the log
 
     # --- router side (sync, never waits) ---
 
@@ -202,6 +202,7 @@ class Outbox:
             ends = [after for after, _ in self._missed[1:]] + [self._head]
             missed = [Missed(a, end, p) for (a, p), end in zip(self._missed, ends, strict=True)]
             self._missed.clear()
+            self.catching_up = True  # until the writer has read them (`caught_up`)
         return Taken(replies, events, missed, self._head, oldest)
 
     def take_replies(self) -> list[bytes]:
@@ -210,6 +211,10 @@ class Outbox:
         self._replies.clear()
         self._space.set()
         return replies
+
+    def caught_up(self) -> None:
+        """The writer has sent what it took to read from the log."""
+        self.catching_up = False
 
     def wrote(self, upto: int, events: int) -> None:
         """The writer got `events` more, up to `seq` `upto`, onto the socket: the peer reads."""

@@ -101,7 +101,7 @@ class Router:
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _peers: dict[ConnId, Peer] = attrs.field(factory=dict)
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
-    _idle: trio.Event = attrs.field(factory=trio.Event)  # set while no connection is attached
+    _changed: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per (de)attach
     _closing: int | None = None  # CloseAll code: connections attaching now are closed at once
 
     async def run(
@@ -233,17 +233,14 @@ class Router:
             return
         conn_id = self._next_id
         self._next_id += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
         self._outboxes[conn_id] = command.outbox
         try:
             self._add(conn_id, command.patterns)
         except LimitExceeded as exc:
             del self._outboxes[conn_id]
-            if not self._outboxes:
-                self._idle.set()
             _answer(command.reply, exc)
             return
+        self._count_changed()
         self._peers[conn_id] = command.peer
         self._batch_connections += command.peer.batch
         command.outbox.start(self._index.patterns(conn_id), self._log.last_seq, command.since)
@@ -297,8 +294,11 @@ class Router:
             self._batch_connections -= self._peers.pop(command.conn_id).batch
             self._index.remove_key(command.conn_id)
             self._targets.clear()
-        if not self._outboxes:
-            self._idle.set()
+            self._count_changed()
+
+    def _count_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def statistics(self) -> RouterStatistics:
         outboxes = self._outboxes.values()
@@ -326,9 +326,9 @@ class Router:
             )
         return views
 
-    async def wait_idle(self) -> None:
-        while self._outboxes:
-            await self._idle.wait()
+    async def wait_connections(self, count: int) -> None:
+        while len(self._outboxes) != count:
+            await self._changed.wait()
 
 
 @attrs.frozen
@@ -538,7 +538,11 @@ class RouterHandle:
 
     async def wait_idle(self) -> None:
         """Wait until no connection is attached."""
-        await self._router.wait_idle()
+        await self._router.wait_connections(0)
+
+    async def wait_connections(self, count: int) -> None:
+        """Wait until exactly `count` connections are attached."""
+        await self._router.wait_connections(count)
 
 
 async def start_router(

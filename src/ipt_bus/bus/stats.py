@@ -2,8 +2,9 @@
 
 Producers send deltas with `send_nowait` (never waiting on stats); the router sends one
 `Accepted`/`Dropped` per batch, so counters stay exact while the message rate stays low. Latency
-is sampled (at most one sample per connection per write). A full inbox loses only samples and is
-itself counted; counts are never sampled.
+is sampled (at most one sample per connection per write). A full inbox (65,536 deltas waiting)
+loses the delta, whatever it is (a sample or a count), and the loss itself is counted and shown
+(`/stats` → `stats_samples_lost`): the counters are exact as long as that stays 0.
 """
 
 from __future__ import annotations

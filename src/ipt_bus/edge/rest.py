@@ -241,6 +241,7 @@ async def get_stats() -> Response:
         "first_seq": log_stats.first_seq,
         "last_seq": log_stats.last_seq,
         "problem": bus.log.problem(),
+        "idempotency_keys": {"held": log_stats.keys, "evicted": log_stats.keys_evicted},
     }
     if cfg.storage == "sqlite":
         snap["log"] |= {

@@ -96,7 +96,9 @@ class LogStats:
     capacity: int | None  # events it can hold; None when bounded otherwise
     first_seq: int
     last_seq: int
-    bytes: int  # encoded event bytes held (for SQLite: the database file's pages in use)
+    bytes: int  # encoded event bytes held
+    keys: int = 0  # idempotency keys remembered
+    keys_evicted: int = 0  # keys forgotten before their window ended (the bounds)
 
 
 class EventLog(Protocol):

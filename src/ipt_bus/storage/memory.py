@@ -143,6 +143,8 @@ class MemoryLog:
             first_seq=self.first_seq,
             last_seq=self._last,
             bytes=self._bytes,
+            keys=len(self._keys),
+            keys_evicted=self._keys.evicted,
         )
 
     def problem(self) -> str | None:

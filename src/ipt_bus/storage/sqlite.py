@@ -416,6 +416,8 @@ class SqliteLog:
             first_seq=self._first,
             last_seq=self._last,
             bytes=self._bytes,
+            keys=len(self._keys),
+            keys_evicted=self._keys.evicted,
         )
 
     def problem(self) -> str | None:
