@@ -79,18 +79,7 @@ async def _reject(
 
 async def _reject_with(send: Any, status: int, body: bytes, headers: dict[str, str]) -> None:
     """Refuse a WebSocket handshake with a JSON HTTP answer (ASGI websocket.http.response)."""
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [
-                *http.JSON_HEADERS,
-                (b"content-length", str(len(body)).encode()),
-                *((k.encode(), v.encode()) for k, v in headers.items()),
-            ],
-        }
-    )
-    await send({"type": "websocket.http.response.body", "body": body})
+    await http.send_answer(send, status, body, headers, websocket=True)
 
 
 def parse_connect_params(query_string: bytes, config: BusConfig) -> ConnectParams:

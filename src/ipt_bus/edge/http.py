@@ -71,12 +71,19 @@ def error_response(
 
 
 async def send_answer(
-    send: Any, status: int, body: bytes, headers: dict[str, str] | None = None
+    send: Any,
+    status: int,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    websocket: bool = False,
 ) -> None:
-    """A whole JSON answer on a raw ASGI `send` (the routes that bypass Quart)."""
+    """A whole JSON answer on a raw ASGI `send` (the routes that bypass Quart); with
+    `websocket`, the answer that refuses a WebSocket handshake."""
+    kind = "websocket.http.response" if websocket else "http.response"
     await send(
         {
-            "type": "http.response.start",
+            "type": f"{kind}.start",
             "status": status,
             "headers": [
                 *JSON_HEADERS,
@@ -85,7 +92,7 @@ async def send_answer(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.body", "body": body})
 
 
 def iso(unix: float | None) -> str | None:
