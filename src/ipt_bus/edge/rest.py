@@ -8,6 +8,7 @@ goes through `ipt_bus.bus.ingress`; every error is JSON (`ipt_bus.edge.http`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,6 +44,7 @@ EVENT_QUERY_PARAMS: Final = (
     "to",
 )
 DLQ_PAGE_BYTES: Final = 4 * 1024 * 1024  # one /dlq answer holds at most this much raw text
+_ARRAY: Final = re.compile(rb"[ \t\r\n]*\[")  # a body that is a JSON array (a batch)
 
 
 def running(bus: BusHandle | None) -> BusHandle:
@@ -82,7 +84,7 @@ async def publish_raw(
 ) -> dict[str, Any]:
     """Publish a REST body through the ingress; the 201 answer's body."""
     cfg = bus.config
-    batch = raw.lstrip()[:1] == b"["
+    batch = _ARRAY.match(raw) is not None
     published = await ingress.publish(
         bus,
         origin,
