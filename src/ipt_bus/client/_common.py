@@ -16,14 +16,15 @@ import orjson
 from ipt_bus.core.codec import event_from_bus as event_from_bus
 from ipt_bus.core.codec import event_to_wire
 from ipt_bus.core.config import DEFAULT_PORT
-from ipt_bus.core.errors import BusUnavailable, PublishRejected
+from ipt_bus.core.errors import RETRYABLE, BusUnavailable, PublishRejected, http_status
 from ipt_bus.core.model import Event, Published
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 DEFAULT_URL: Final = f"http://127.0.0.1:{DEFAULT_PORT}"
-RETRY_STATUSES: Final = frozenset({502, 503, 504, 507})
+# what the bus answers when it did not take the events, and a proxy's "the bus is not there"
+RETRY_STATUSES: Final = frozenset({http_status(c) for c in RETRYABLE} | {502, 504})
 
 
 def bus_url(url: str | None = None) -> str:
