@@ -429,6 +429,13 @@ async def test_history_filters_and_retention_gap(tmp_path: Path) -> None:
         other = (await http.get("/events", params={"since": 2, "epoch": "old"})).json()
         assert [g["reason"] for g in other["gaps"]] == ["epoch", "retention"]
         assert [e["seq"] for e in other["events"]] == [6, 7, 8, 9, 10]
+        ahead = (await http.get("/events", params={"since": 99})).json()  # past the end
+        assert ahead["gaps"][0] == {
+            "reason": "epoch",
+            "from_seq": 100,
+            "to_seq": None,
+            "epoch": server.bus.log.epoch,
+        }
         async with ws(server, "since=1") as conn:
             gap = await recv(conn)
             assert gap == {"action": "gap", "reason": "retention", "from_seq": 2, "to_seq": 5}
