@@ -24,7 +24,7 @@ import trio
 
 from ipt_bus import __version__
 from ipt_bus.bus import ingress
-from ipt_bus.bus.ingress import Origin
+from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.bus.node import BusHandle
 from ipt_bus.bus.outbox import Missed, Outbox
 from ipt_bus.bus.router import Answer, Peer, wait_published
@@ -275,17 +275,15 @@ class Connection:
         token = self._conversation.publishing(frame)
         batch = frame.event is None
         try:
-            await ingress.submit(
-                self._bus,
+            offer = Offer(
                 self._origin,
                 decode,
                 partial(_raw, frame),
                 field="events" if batch else "event",
                 batch=batch,
                 key=frame.idempotency_key,
-                reply=pipeline.answers,
-                token=token,
             )
+            await ingress.submit(self._bus, offer, reply=pipeline.answers, token=token)
         except BusError:
             self._conversation.withdrawn(token)
             raise
@@ -300,7 +298,7 @@ class Connection:
                 result = await pipeline.answer_for(token, timeout)
             except BusError as exc:
                 if isinstance(exc, StorageError):
-                    ingress.failed(self._bus, self._origin, exc, partial(_raw, frame))
+                    ingress.failed(self._bus, self._origin, partial(_raw, frame), exc)
                 result = exc
             answer = self._conversation.answered(token, result)
             if answer is not None:

@@ -60,26 +60,34 @@ class Origin:
         return self.source or self.transport
 
 
-def admit(
-    bus: BusHandle,
-    origin: Origin,
-    decode: Decode,
-    raw: Raw,
-    *,
-    field: str = "",
-    batch: bool = False,
-) -> Sequence[Event]:
-    """Decode and check one publish. `field` is where its events were (``event``, ``events``,
-    or empty for a REST body) and `batch` whether they came as a list.
+@attrs.frozen
+class Offer:
+    """One publish as a source hands it in: where it came from, how to decode its events (so an
+    error names the source's own field: ``[3].topic``, ``events[3].topic``), and what to keep
+    as a dead letter if it is refused. `field` is where the events were (``event``, ``events``,
+    or empty for a REST body) and `batch` whether they came as a list; `key` is its idempotency
+    key."""
+
+    origin: Origin
+    decode: Decode
+    raw: Raw
+    field: str = ""
+    batch: bool = False
+    key: str | None = None
+
+
+def admit(bus: BusHandle, offer: Offer) -> Sequence[Event]:
+    """Decode and check one publish.
 
     Raises:
         ProtocolError: the publish is refused; it was kept as a dead letter.
     """
     try:
-        events = decode()
-        problem = schemas.apply_policy(bus.config.validation, events, field, batch=batch)
+        events = offer.decode()
+        mode = bus.config.validation
+        problem = schemas.apply_policy(mode, events, offer.field, batch=offer.batch)
     except ProtocolError as exc:
-        failed(bus, origin, exc, raw)
+        failed(bus, offer.origin, offer.raw, exc)
         raise
     if problem is not None:
         bus.stats.record(Counted("validation_warnings"))
@@ -87,16 +95,7 @@ def admit(
     return events
 
 
-async def publish(
-    bus: BusHandle,
-    origin: Origin,
-    decode: Decode,
-    raw: Raw,
-    *,
-    field: str = "",
-    batch: bool = False,
-    key: str | None = None,
-) -> list[Published]:
+async def publish(bus: BusHandle, offer: Offer) -> list[Published]:
     """Admit a publish and wait until the log has it; returns where each event went.
 
     Raises:
@@ -104,49 +103,44 @@ async def publish(
         StorageError: the log failed (kept as a dead letter); nothing was stored.
         Overloaded, BusClosed: as `RouterHandle.publish`.
     """
-    events = admit(bus, origin, decode, raw, field=field, batch=batch)
+    events = admit(bus, offer)
     try:
         published = await bus.router.publish(
-            events, timeout=bus.config.publish_timeout_seconds, key=key
+            events, timeout=bus.config.publish_timeout_seconds, key=offer.key
         )
     except StorageError as exc:
-        failed(bus, origin, exc, raw)
+        failed(bus, offer.origin, offer.raw, exc)
         raise
-    if origin.retrying is not None:
-        bus.dead_letters.remove(origin.retrying, why="retried")
+    if offer.origin.retrying is not None:
+        bus.dead_letters.remove(offer.origin.retrying, why="retried")
     return published
 
 
 async def submit(
-    bus: BusHandle,
-    origin: Origin,
-    decode: Decode,
-    raw: Raw,
-    *,
-    field: str,
-    batch: bool,
-    key: str | None,
-    reply: trio.MemorySendChannel[Answer],
-    token: int,
+    bus: BusHandle, offer: Offer, *, reply: trio.MemorySendChannel[Answer], token: int
 ) -> None:
     """Admit a publish and hand it to the router without waiting for the log (a WebSocket
     connection pipelines its publishes); the answer arrives on `reply` tagged `token`. Whoever
-    reads a `StorageError` there passes it to `failed`.
+    reads a `StorageError` there passes it to `failed` (with the offer's origin and raw).
 
     Raises:
         ProtocolError: refused (kept as a dead letter).
         Overloaded, BusClosed: as `RouterHandle.submit`.
     """
-    events = admit(bus, origin, decode, raw, field=field, batch=batch)
+    events = admit(bus, offer)
     await bus.router.submit(
-        events, reply=reply, token=token, timeout=bus.config.publish_timeout_seconds, key=key
+        events,
+        reply=reply,
+        token=token,
+        timeout=bus.config.publish_timeout_seconds,
+        key=offer.key,
     )
 
 
-def failed(bus: BusHandle, origin: Origin, exc: BusError, raw: Raw) -> None:
-    """Keep a refused or unstored publish: a new dead letter, or one more failed attempt of the
-    dead letter it retried. A file's line that is not JSON at all is kept only as a prefix:
-    enough to find it, not a copy of whatever the file holds."""
+def failed(bus: BusHandle, origin: Origin, raw: Raw, exc: BusError) -> None:
+    """Keep a refused or unstored publish (`raw()` is its text): a new dead letter, or one more
+    failed attempt of the dead letter it retried. A file's line that is not JSON at all is kept
+    only as a prefix: enough to find it, not a copy of whatever the file holds."""
     if origin.retrying is not None:
         bus.dead_letters.failed_again(origin.retrying, exc)
         return

@@ -17,7 +17,7 @@ from quart import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ipt_bus.bus import ingress
-from ipt_bus.bus.ingress import Origin
+from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.core import codec, schemas
 from ipt_bus.core.errors import BusClosed, BusError, ErrorCode, ProtocolError
 from ipt_bus.edge import http
@@ -85,14 +85,14 @@ async def publish_raw(
     """Publish a REST body through the ingress; the 201 answer's body."""
     cfg = bus.config
     batch = _ARRAY.match(raw) is not None
-    published = await ingress.publish(
-        bus,
+    offer = Offer(
         origin,
         lambda: decode_body(raw, cfg.max_event_bytes, cfg.max_batch_events),
         lambda: raw.decode("utf-8", "replace"),
         batch=batch,
         key=key,
     )
+    published = await ingress.publish(bus, offer)
     if batch or len(published) != 1:
         return {"events": [{"id": p.id, "seq": p.seq} for p in published]}
     return {"id": published[0].id, "seq": published[0].seq}
@@ -155,7 +155,7 @@ async def post_broadcast() -> Response:
         return (mapped[0] if mapped else raw).decode("utf-8", "replace")
 
     origin = Origin("rest", _remote(request.scope), source="rest:broadcast")
-    (published,) = await ingress.publish(bus, origin, decode, kept)
+    (published,) = await ingress.publish(bus, Offer(origin, decode, kept))
     body = {"id": published.id, "seq": published.seq, "topic": "legacy.broadcast"}
     return http.json_response(body, 201)
 

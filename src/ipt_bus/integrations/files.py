@@ -29,7 +29,7 @@ import trio
 import watchfiles
 
 from ipt_bus.bus import ingress
-from ipt_bus.bus.ingress import Origin
+from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.bus.node import BusHandle
 from ipt_bus.core import codec
 from ipt_bus.core.errors import BusError, ErrorCode, ProtocolError, StartupError, StorageError
@@ -189,7 +189,8 @@ class FileWatcher:
         try:
             body = codec.loads(raw)
         except ProtocolError as exc:  # kept whole: the file is one (broken) document
-            ingress.failed(self.bus, _origin(path, 0), exc, lambda: raw.decode("utf-8", "replace"))
+            text = partial(raw.decode, "utf-8", "replace")
+            ingress.failed(self.bus, _origin(path, 0), text, exc)
         else:
             items = body if isinstance(body, list) else [body]
             for i, obj in enumerate(items, 1):
@@ -214,9 +215,8 @@ class FileWatcher:
             return (mapped[0] if mapped else raw).decode("utf-8", "replace")
 
         with contextlib.suppress(ProtocolError, StorageError):  # dead-lettered by the ingress
-            await ingress.publish(
-                self.bus, _origin(path, line), decode, kept, key=f"file:{path.name}:{key}"
-            )
+            offer = Offer(_origin(path, line), decode, kept, key=f"file:{path.name}:{key}")
+            await ingress.publish(self.bus, offer)
 
 
 def _same(value: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ipt_bus.bus import ingress
-from ipt_bus.bus.ingress import Origin
+from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.core import codec
 from ipt_bus.core.errors import BusError
 from ipt_bus.core.model import Event
@@ -63,11 +63,7 @@ class BusLogHandler(logging.Handler):
             self.publishing = True
             try:
                 await ingress.publish(
-                    bus,
-                    ORIGIN,
-                    partial(_same, events),
-                    partial(_raw, events),
-                    batch=True,
+                    bus, Offer(ORIGIN, partial(_same, events), partial(_raw, events), batch=True)
                 )
             except BusError:
                 self.dropped += len(events)
