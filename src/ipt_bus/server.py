@@ -85,7 +85,10 @@ def hypercorn_config(config: BusConfig, sock: socket.socket) -> HypercornConfig:
     hc.websocket_max_message_size = config.max_message_bytes
     hc.graceful_timeout = config.shutdown_grace_seconds / 2
     hc.keep_alive_timeout = 5
-    hc.accesslog = None
+    hc.accesslog = None  # none: a token in a query string (?token=, browsers) is never logged
+    if config.certfile is not None:  # https:// and wss://
+        hc.certfile = config.certfile
+        hc.keyfile = config.keyfile
     hc.errorlog = logging.getLogger("hypercorn.error")  # one handler: the root logger's
     return hc
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from ipt_bus.core.errors import ErrorCode, ProtocolError
 from ipt_bus.core.topics import (
     TopicIndex,
+    covers,
     matches,
     parse_patterns,
     validate_pattern,
@@ -138,3 +139,57 @@ def test_index_prunes_nodes_on_remove() -> None:
     index.remove_key("c1")
     assert index.lookup("a.b.c") == set()
     assert not index._root.children
+
+
+@pytest.mark.parametrize(
+    ("grant", "pattern", "expected"),
+    [
+        ("task.**", "task.*", True),
+        ("task.**", "task.a.**", True),
+        ("task.**", "task.**", True),
+        ("task.**", "task", True),
+        ("task.**", "**", False),
+        ("task.*", "*.status", False),
+        ("task.*", "task.status", True),
+        ("task.*", "task.*", True),
+        ("task.status", "task.*", False),
+        ("task.status", "task.*.x", False),
+        ("task.status", "task.status", True),
+        ("**", "**", True),
+        ("**", "a.*.b", True),
+        ("a.*.**", "a.b", True),
+        ("a.*.**", "a.**", False),
+        ("a.*.**", "a", False),
+    ],
+)
+def test_covers(grant: str, pattern: str, expected: bool) -> None:
+    assert covers(grant, pattern) is expected
+
+
+@settings(max_examples=300)
+@given(grant=patterns(), pattern=patterns(), probe=st.lists(topics, min_size=1, max_size=20))
+def test_covers_never_lets_a_pattern_reach_past_its_grant(
+    grant: str, pattern: str, probe: list[str]
+) -> None:
+    """When a grant covers a pattern, no topic the pattern matches escapes the grant (topics of
+    up to 4 segments of a, b, c: the alphabet of the patterns)."""
+    if covers(grant, pattern):
+        for topic in probe:
+            if matches(pattern, topic):
+                assert matches(grant, topic)
+
+
+def test_covers_agrees_with_brute_force_on_small_alphabets() -> None:
+    """Exactly: covered iff every topic of up to 5 segments the pattern matches, the grant does."""
+    import itertools
+
+    segs = ["a", "b", "*"]
+    all_topics = [
+        ".".join(t) for n in range(1, 6) for t in itertools.product(["a", "b", "z"], repeat=n)
+    ]
+    shapes = [".".join(p) for n in range(1, 4) for p in itertools.product(segs, repeat=n)]
+    every = shapes + [s + ".**" for s in shapes] + ["**"]
+    for grant in every:
+        for pattern in every:
+            wider = any(matches(pattern, t) and not matches(grant, t) for t in all_topics)
+            assert covers(grant, pattern) is (not wider), (grant, pattern)

@@ -207,7 +207,7 @@ async def test_a_full_disk_refuses_publishes_clearly_and_recovers(tmp_path: Path
             again = await http.post("/events", json=event("disk.a", n=1))
             assert again.status_code == 201
             assert (await http.get("/health")).json()["status"] == "ok"
-            retried = await http.post(f"/dlq/{letters[0]['id']}/retry")
+            retried = await http.post(f"/dlq/{letters[0]['id']}/retry", json={})
             assert retried.status_code == 201, retried.text
             assert retried.json()["seq"] == again.json()["seq"] + 1
             assert (await http.get("/dlq")).json()["total"] == 1
@@ -375,12 +375,14 @@ async def test_dead_letters_keep_rejected_publishes_and_can_be_retried_or_delete
         assert wsl["source"] == "ws"
         assert orjson.loads(wsl["raw"])[1] == {"type": "t"}
 
-        retry = await http.post(f"/dlq/{rest['id']}/retry")  # still invalid
+        retry = await http.post(f"/dlq/{rest['id']}/retry", json={})  # still invalid
         assert retry.status_code == 400
         assert (await http.get("/dlq")).json()["dead_letters"][0]["attempts"] == 1
         assert (await http.delete(f"/dlq/{rest['id']}")).status_code == 204
         assert (await http.delete(f"/dlq/{rest['id']}")).status_code == 404
-        assert (await http.post("/dlq/999/retry")).status_code == 404
+        assert (await http.post("/dlq/999/retry", json={})).status_code == 404
+        form = await http.post(f"/dlq/{rest['id']}/retry", data={"x": "1"})  # a cross-site form
+        assert form.status_code == 415
         stats = (await http.get("/stats")).json()["dead_letters"]
         assert stats["size"] == 1
         assert stats["counts"]["added"] == 2

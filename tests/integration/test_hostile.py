@@ -214,7 +214,7 @@ async def test_a_silent_http_client_is_dropped(server: Server) -> None:
     host, port = rawws.host_port(server.url)
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
-        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the end
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")  # and never the end
         with trio.fail_after(8):
             while await stream.receive_some(1000):
                 pass
@@ -366,7 +366,7 @@ async def test_a_body_that_never_finishes_gets_408_json() -> None:
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
             await stream.send_all(
-                b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 100\r\n\r\n{"
             )
             answer = b""

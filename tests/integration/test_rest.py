@@ -318,7 +318,7 @@ async def _exchange(
 ) -> bytes:
     """Send one request (all of `body`, announcing `length`) and read its whole answer."""
     head = (
-        f"{method} {path} HTTP/1.1\r\nHost: bus\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
     ).encode()
     answer = b""

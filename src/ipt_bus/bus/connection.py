@@ -30,6 +30,7 @@ from ipt_bus.bus.outbox import Missed, Outbox
 from ipt_bus.bus.router import Answer, Peer, wait_published
 from ipt_bus.bus.stats import Closed, Counted, Latency, Opened
 from ipt_bus.core import codec
+from ipt_bus.core.auth import Forbidden, Identity
 from ipt_bus.core.errors import (
     BusClosed,
     BusError,
@@ -39,6 +40,8 @@ from ipt_bus.core.errors import (
     StorageError,
 )
 from ipt_bus.core.frames import (
+    Auth,
+    Authenticated,
     ErrorFrame,
     Ping,
     Publish,
@@ -128,6 +131,8 @@ class ConnectParams:
     since: int | None = None
     epoch: str | None = None
     batch: bool = False
+    explicit: bool = True  # the client named its topics (else: everything, or its grant)
+    token: str | None = attrs.field(default=None, repr=False)  # ?token= (browsers)
 
 
 @attrs.define
@@ -136,6 +141,7 @@ class Connection:
     _bus: BusHandle
     _params: ConnectParams
     _remote: str | None = None  # the peer's address, as `/connections` shows it
+    _identity: Identity | None = None  # the token's, when tokens are required
     conn_id: int = 0  # given by the router at `attach`
     _first: list[bytes] = attrs.field(factory=list)  # what the client is told after `welcome`
     _origin: Origin = attrs.field(init=False)
@@ -144,11 +150,13 @@ class Connection:
     _pipeline: _Pipeline | None = None  # made on the first publish: most subscribers never do
     _nursery: trio.Nursery | None = None
     _last_sample: float = -1.0
+    _frame_tokens: tuple[float, float] = (0.0, -math.inf)  # (tokens, trio time): see _throttle
+    _refreshed: trio.Event = attrs.field(factory=trio.Event)  # set by `auth`
     close_code: int = int(CloseCode.GOING_AWAY)
 
     def __attrs_post_init__(self) -> None:
         cfg = self._bus.config
-        self._origin = Origin("ws", self._remote)
+        self._origin = Origin("ws", self._remote, self._identity)
         self._conversation = ServerConversation(
             cfg.max_message_bytes,
             cfg.max_event_bytes,
@@ -171,7 +179,14 @@ class Connection:
             BusClosed: the bus is shutting down.
         """
         since, self._first = self._resume_point()
-        peer = Peer(self._remote, time.time(), self._conversation.batch)
+        identity = self._identity
+        peer = Peer(
+            self._remote,
+            time.time(),
+            self._conversation.batch,
+            identity=self._origin.limited_as,
+            sub=identity.sub if identity is not None else None,
+        )
         self.conn_id = await self._bus.router.attach(
             self._outbox, self._params.patterns, since=since, peer=peer
         )
@@ -189,6 +204,8 @@ class Connection:
                 self._nursery = nursery
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer, self._first)
+                if self._identity is not None:
+                    nursery.start_soon(self._expire)
                 self.close_code = await self._outbox.wait_closed()
                 nursery.cancel_scope.cancel()
             peer_gone = self.close_code < 0
@@ -220,28 +237,33 @@ class Connection:
     # --- reading ---
 
     async def _reader(self) -> None:
-        # Token bucket on frames read: a client past `max_frames_per_second` is simply read
-        # slower (its frames wait in TCP), so one flooding client cannot starve its neighbours.
-        rate = self._bus.config.max_frames_per_second
-        tokens, last = rate, trio.current_time()
         try:
             while True:
-                message = await self._ws.receive()
-                now = trio.current_time()
-                tokens = min(rate, tokens + (now - last) * rate) - 1
-                last = now
-                if tokens < 0:
-                    await trio.sleep(-tokens / rate)
-                await self._handle_message(message)
+                await self._handle_message(await self._ws.receive())
         except Disconnected as exc:
             self._outbox.close(-exc.code)  # negative: the peer closed, nothing to send
+
+    async def _throttle(self) -> None:
+        """Token bucket on frames other than publishes: past `max_frames_per_second` a client
+        is simply read slower (its frames wait in TCP), so a flood of pings or bad frames cannot
+        starve the neighbours. Publishes are held to the publisher's rate limit instead."""
+        rate = self._bus.config.max_frames_per_second
+        now = trio.current_time()
+        tokens, last = self._frame_tokens
+        tokens = min(rate, tokens + (now - last) * rate) - 1
+        self._frame_tokens = (tokens, now)
+        if tokens < 0:
+            await trio.sleep(-tokens / rate)
 
     async def _handle_message(self, message: str | bytes) -> None:
         got = self._conversation.receive(message)
         if isinstance(got, ErrorFrame):
+            await self._throttle()
             await self._reply(got)
             return
         frame = got.frame
+        if not isinstance(frame, Publish):
+            await self._throttle()
         try:
             match frame:
                 case Publish():
@@ -252,6 +274,8 @@ class Connection:
                     await self._subscribe(frame.id, frame.topics, subscribe=False)
                 case Ping():
                     await self._reply(self._conversation.pong(frame.id))
+                case Auth():
+                    await self._reauthenticate(frame)
         except BusError as exc:
             await self._reply(self._conversation.refused(frame.id, exc))
 
@@ -283,7 +307,9 @@ class Connection:
                 batch=batch,
                 key=frame.idempotency_key,
             )
-            await ingress.submit(self._bus, offer, reply=pipeline.answers, token=token)
+            await ingress.submit(
+                self._bus, offer, reply=pipeline.answers, token=token, acked=frame.ack
+            )
         except BusError:
             self._conversation.withdrawn(token)
             raise
@@ -310,12 +336,54 @@ class Connection:
         if not topics:
             raise ProtocolError(ErrorCode.INVALID_FIELD, "'topics' is empty", "topics")
         patterns = [validate_pattern(t, "topics") for t in topics]
+        if subscribe and self._identity is not None:
+            for pattern in patterns:
+                if not self._identity.grant.may_subscribe(pattern):
+                    raise Forbidden(
+                        f"the token of {self._identity.sub!r} may not subscribe to {pattern!r}",
+                        "topics",
+                    )
         held = await self._bus.router.subscribe(
             self.conn_id, patterns, subscribe=subscribe, batch=batch
         )
         await self._reply(
             self._conversation.subscribed(rid, held, subscribe=subscribe, batch=batch)
         )
+
+    async def _reauthenticate(self, frame: Auth) -> None:
+        """A fresh token for this connection: the same `sub`; subscriptions its grant no longer
+        covers are dropped."""
+        old = self._identity
+        if old is None:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "this bus takes no tokens", "token")
+        bus = self._bus
+        new = bus.auth.verify(frame.token, time.time())
+        if new.sub != old.sub:
+            raise Forbidden(
+                f"a connection keeps its identity: the token is for {new.sub!r}, not {old.sub!r}",
+                "token",
+            )
+        self._identity = new
+        self._origin = attrs.evolve(self._origin, identity=new)
+        lost = [p for p in self._conversation.patterns if not new.grant.may_subscribe(p)]
+        if lost:
+            held = await bus.router.subscribe(self.conn_id, lost, subscribe=False)
+            self._conversation.subscribed(None, held, subscribe=False, batch=None)
+        self._refreshed.set()
+        await self._reply(Authenticated(frame.id, new.expires_at))
+
+    async def _expire(self) -> None:
+        """Close with 4001 once the token expires, unless `auth` brought a fresh one."""
+        while True:
+            assert self._identity is not None
+            left = self._identity.expires_at - time.time()
+            self._refreshed = trio.Event()
+            with trio.move_on_after(max(0.0, left)):
+                await self._refreshed.wait()
+                continue
+            self._bus.stats.record(Counted("auth_failure:token_expired"))
+            self._outbox.close(CloseCode.TOKEN_EXPIRED)
+            return
 
     async def _reply(self, frame: ServerFrame) -> None:
         await self._outbox.reply(codec.encode_frame(frame))

@@ -10,10 +10,14 @@ own log records. For each, the ingress
    and accepts);
 3. keeps what it refuses, and what the log fails to store, as a dead letter (for a retried dead
    letter: one more failed attempt on that letter);
-4. hands the rest to the router.
+4. checks the publisher's token grants every topic (403 `forbidden`: nothing stored, all or
+   nothing for a batch, not a dead letter: an authorization failure is not a repair job);
+5. takes the events from the publisher's rate (REST is refused past it, 429; a WebSocket is read
+   slower);
+6. hands the rest to the router.
 
-An `Origin` travels with every publish: the transport, the peer's address (and, once tokens
-exist, their identity). Permissions and rate limits will plug in between steps 2 and 4.
+An `Origin` travels with every publish: the transport, the peer's address, the token's
+identity. Internal publishers (the file watcher, the bus's own logs) carry none and are trusted.
 
 It lives with the actors, not at the HTTP edge, because the WebSocket connection actor and the
 integrations publish through it too, and it needs no framework.
@@ -22,18 +26,19 @@ integrations publish through it too, and it needs no framework.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
+import trio
 
 from ipt_bus.bus.stats import Counted
 from ipt_bus.core import schemas
-from ipt_bus.core.errors import BusError, ErrorCode, ProtocolError, StorageError
+from ipt_bus.core.auth import Forbidden, Identity
+from ipt_bus.core.errors import BusError, ErrorCode, ProtocolError, RateLimited, StorageError
 
 if TYPE_CHECKING:
-    import trio
-
     from ipt_bus.bus.node import BusHandle
     from ipt_bus.bus.router import Answer
     from ipt_bus.core.model import Event, Published
@@ -51,13 +56,24 @@ class Origin:
     """Where a publish came from."""
 
     transport: Transport
-    remote: str | None = None  # the peer's address, when there is a peer
+    remote: str | None = None  # the peer's address (host:port), when there is a peer
+    identity: Identity | None = None  # the token's, when tokens are required
     source: str | None = None  # finer than the transport, for dead letters: "file:a.jsonl:5"
     retrying: int | None = None  # the dead letter this publish retries
 
     @property
     def label(self) -> str:
         return self.source or self.transport
+
+    @property
+    def limited_as(self) -> str | None:
+        """Who the rate limit counts this publish for: the token's `sub`, else the peer's host
+        (an internal publisher: nobody)."""
+        if self.identity is not None:
+            return self.identity.sub
+        if self.remote is not None:
+            return self.remote.rsplit(":", 1)[0]
+        return None
 
 
 @attrs.frozen
@@ -92,7 +108,37 @@ def admit(bus: BusHandle, offer: Offer) -> Sequence[Event]:
     if problem is not None:
         bus.stats.record(Counted("validation_warnings"))
         log.warning("accepted an event that fails its schema: %s", problem.message)
+    identity = offer.origin.identity
+    if identity is not None:
+        for i, event in enumerate(events):
+            if not identity.grant.may_publish(event.topic):
+                bus.stats.record(Counted("forbidden"))
+                where = f"{offer.field}[{i}].topic" if offer.batch else f"{offer.field}.topic"
+                raise Forbidden(
+                    f"the token of {identity.sub!r} may not publish to {event.topic!r}",
+                    where.lstrip("."),
+                )
     return events
+
+
+def _rate(bus: BusHandle, offer: Offer, events: int, max_wait: float) -> float:
+    """Take `events` from the publisher's rate: the seconds to wait first (0 mostly).
+
+    Raises:
+        RateLimited: they would have to wait more than `max_wait` seconds.
+    """
+    who = offer.origin.limited_as
+    if who is None:
+        return 0.0
+    identity = offer.origin.identity
+    rate = identity.grant.rate_limit if identity is not None else None
+    decision = bus.limiter.take(who, events, rate, trio.current_time(), max_wait=max_wait)
+    if not decision.taken:
+        bus.stats.record(Counted("rate_limited"))
+        raise RateLimited(
+            f"{who!r} is over its rate limit; retry in {decision.wait:.2f} s", decision.wait
+        )
+    return decision.wait
 
 
 async def publish(bus: BusHandle, offer: Offer) -> list[Published]:
@@ -104,6 +150,7 @@ async def publish(bus: BusHandle, offer: Offer) -> list[Published]:
         Overloaded, BusClosed: as `RouterHandle.publish`.
     """
     events = admit(bus, offer)
+    _rate(bus, offer, len(events), max_wait=0.0)  # REST: refused past the rate, not held
     try:
         published = await bus.router.publish(
             events, timeout=bus.config.publish_timeout_seconds, key=offer.key
@@ -117,7 +164,12 @@ async def publish(bus: BusHandle, offer: Offer) -> list[Published]:
 
 
 async def submit(
-    bus: BusHandle, offer: Offer, *, reply: trio.MemorySendChannel[Answer], token: int
+    bus: BusHandle,
+    offer: Offer,
+    *,
+    reply: trio.MemorySendChannel[Answer],
+    token: int,
+    acked: bool = True,
 ) -> None:
     """Admit a publish and hand it to the router without waiting for the log (a WebSocket
     connection pipelines its publishes); the answer arrives on `reply` tagged `token`. Whoever
@@ -128,6 +180,12 @@ async def submit(
         Overloaded, BusClosed: as `RouterHandle.submit`.
     """
     events = admit(bus, offer)
+    # a WebSocket is read slower instead (TCP backpressure); a publish that wants its ack is
+    # refused rather than held past the publish timeout (one sent without an ack just waits)
+    max_wait = bus.config.publish_timeout_seconds if acked else math.inf
+    wait = _rate(bus, offer, len(events), max_wait=max_wait)
+    if wait:
+        await trio.sleep(wait)
     await bus.router.submit(
         events,
         reply=reply,

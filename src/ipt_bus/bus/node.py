@@ -19,10 +19,12 @@ import attrs
 import trio
 
 from ipt_bus.bus.dlq import DeadLetters
+from ipt_bus.bus.limits import RateLimiter
 from ipt_bus.bus.router import RouterHandle, start_router
 from ipt_bus.bus.stats import StatsHandle, start_stats
+from ipt_bus.core.auth import Authenticator, Keys
 from ipt_bus.core.config import BusConfig
-from ipt_bus.core.errors import CloseCode, StorageError
+from ipt_bus.core.errors import CloseCode, StartupError, StorageError
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
@@ -53,6 +55,8 @@ class BusHandle:
     log: EventLog
     dead_letters: DeadLetters
     node: str
+    auth: Authenticator = attrs.field(factory=lambda: Authenticator(Keys()))
+    limiter: RateLimiter = attrs.field(factory=lambda: RateLimiter(None, None))
     lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
 
     @property
@@ -70,6 +74,19 @@ class BusHandle:
 
     async def wait_stopped(self) -> None:
         await self.lifecycle.stopped.wait()
+
+
+def load_keys(config: BusConfig) -> Keys:
+    """The token keys the configuration names. Raises `StartupError` naming the file."""
+    try:
+        return Keys.load(
+            config.auth_secret_file,
+            config.auth_public_key,
+            audience=config.auth_audience,
+            issuer=config.auth_issuer,
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def open_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
@@ -138,6 +155,7 @@ async def run_bus(
     cancelled). The integrations are not started here: the server wires them in."""
     if config.gc_threshold is not None:
         tune_gc(config.gc_threshold)
+    auth = Authenticator(load_keys(config))
     event_log, dead = open_log(config)
     handle: BusHandle | None = None
     try:
@@ -151,6 +169,7 @@ async def run_bus(
                 max_subscriptions=config.max_subscriptions,
                 max_subscription_bytes=config.max_subscription_bytes,
                 max_connections=config.max_connections,
+                max_per_identity=config.max_connections_per_identity,
             )
             retention = trio.CancelScope()
 
@@ -166,6 +185,8 @@ async def run_bus(
                 log=event_log,
                 dead_letters=dead,
                 node=f"{config.node_name}@{socket.gethostname()}",
+                auth=auth,
+                limiter=RateLimiter(config.rate_limit_per_second, config.rate_burst),
             )
             task_status.started(handle)
             await handle.shutting_down.wait()

@@ -24,7 +24,7 @@ import trio
 
 from ipt_bus.bus.outbox import Outbox
 from ipt_bus.bus.stats import Accepted, Counted, Dropped, Refused, StatsHandle
-from ipt_bus.core.errors import BusClosed, LimitExceeded, Overloaded, StorageError
+from ipt_bus.core.errors import BusClosed, LimitExceeded, Overloaded, RateLimited, StorageError
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import TopicIndex
 from ipt_bus.storage.base import EventLog, Key, Record
@@ -51,6 +51,8 @@ class Peer:
     remote: str | None
     connected_at: float  # Unix seconds
     batch: bool = False  # kept current by the connection
+    identity: str | None = None  # the token's `sub` (or the address when the bus is open)
+    sub: str | None = None  # the token's `sub`, when tokens are required
 
 
 @attrs.frozen
@@ -95,6 +97,8 @@ class Router:
     _max_subscriptions: int
     _max_subscription_bytes: int = 8 * 1024
     _max_connections: int = 10_000
+    _max_per_identity: int | None = None
+    _per_identity: Counter[str] = attrs.field(factory=Counter)
     _next_id: ConnId = 1
     _batch_connections: int = 0  # attached connections with batching on
     _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
@@ -231,6 +235,18 @@ class Router:
                 ),
             )
             return
+        who = command.peer.identity
+        if (
+            self._max_per_identity is not None
+            and who is not None
+            and self._per_identity[who] >= self._max_per_identity
+        ):
+            self._stats.record(Refused("max_connections_per_identity"))
+            refusal = (
+                f"{self._max_per_identity} connections per identity (max_connections_per_identity)"
+            )
+            _answer(command.reply, RateLimited(f"already {refusal}", 1.0))
+            return
         conn_id = self._next_id
         self._next_id += 1
         self._outboxes[conn_id] = command.outbox
@@ -243,6 +259,8 @@ class Router:
         self._count_changed()
         self._peers[conn_id] = command.peer
         self._batch_connections += command.peer.batch
+        if who is not None:
+            self._per_identity[who] += 1
         command.outbox.start(self._index.patterns(conn_id), self._log.last_seq, command.since)
         if self._closing is not None:
             command.outbox.close(self._closing)
@@ -291,7 +309,12 @@ class Router:
 
     def _on_detach(self, command: Detach) -> None:
         if self._outboxes.pop(command.conn_id, None) is not None:
-            self._batch_connections -= self._peers.pop(command.conn_id).batch
+            peer = self._peers.pop(command.conn_id)
+            self._batch_connections -= peer.batch
+            if peer.identity is not None:
+                self._per_identity[peer.identity] -= 1
+                if not self._per_identity[peer.identity]:
+                    del self._per_identity[peer.identity]
             self._index.remove_key(command.conn_id)
             self._targets.clear()
             self._count_changed()
@@ -554,9 +577,12 @@ async def start_router(
     max_subscriptions: int,
     max_subscription_bytes: int = 8 * 1024,
     max_connections: int = 10_000,
+    max_per_identity: int | None = None,
 ) -> RouterHandle:
     """Start the router in `nursery`; `RouterHandle.close` stops it."""
     send, receive = trio.open_memory_channel[RouterCommand](inbox_size)
-    router = Router(log, stats, max_subscriptions, max_subscription_bytes, max_connections)
+    router = Router(
+        log, stats, max_subscriptions, max_subscription_bytes, max_connections, max_per_identity
+    )
     await nursery.start(router.run, receive)
     return RouterHandle(send, router)

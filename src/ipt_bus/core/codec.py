@@ -23,6 +23,7 @@ from ipt_bus.core.errors import ErrorCode, LimitExceeded, ProtocolError
 from ipt_bus.core.frames import (
     CLIENT_ACTIONS,
     Acked,
+    Authenticated,
     ClientFrame,
     ErrorFrame,
     Gap,
@@ -452,6 +453,9 @@ def frame_to_wire(frame: ServerFrame) -> dict[str, Any]:
             out["topics"] = frame.topics
         case Pong():
             out = {"action": "pong"}
+        case Authenticated():
+            moment = datetime.fromtimestamp(frame.expires_at, UTC)
+            out = {"action": "authenticated", "expires_at": moment}
         case ErrorFrame():
             err = {"code": frame.code, "message": frame.message}
             if frame.field is not None:
@@ -508,6 +512,8 @@ def decode_server_frame(obj: dict[str, Any]) -> ServerFrame | None:
             return Subscriptions(rid, list(obj["topics"]), action == "subscribed")
         case "pong":
             return Pong(rid)
+        case "authenticated":
+            return Authenticated(rid, datetime.fromisoformat(obj["expires_at"]).timestamp())
         case "error":
             err = obj["error"]
             return ErrorFrame(rid, err["code"], err["message"], err.get("field"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -60,7 +61,22 @@ class BusConfig:
     ping_interval_seconds: float | None = 25.0  # WebSocket protocol pings (keep bytes in flight)
     tcp_user_timeout_seconds: float = 45.0  # kernel aborts a peer that stops acknowledging
     max_connections: int = 10_000  # WebSocket connections; more are refused with 503
-    allowed_origins: tuple[str, ...] | None = None  # None: any Origin (or none) is accepted
+    allowed_origins: tuple[str, ...] | None = None  # None: any Origin (or none) is accepted;
+    # the Origins also get CORS headers on REST
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound one
+    # ("*": any Host, no DNS-rebinding check)
+
+    # security (docs/security.md); no key: the bus is open
+    auth_secret_file: str | None = None  # HS256 secret (the file's content, stripped)
+    auth_public_key: str | None = None  # PEM public key or JWKS file: RS256, ES256, EdDSA
+    auth_audience: str | None = None  # tokens must carry this `aud`
+    auth_issuer: str | None = None  # tokens must carry this `iss`
+    allow_anonymous: bool = False  # serve a non-loopback address with no key (protected mode)
+    rate_limit_per_second: float | None = None  # events per identity; None: no limit
+    rate_burst: float | None = None  # events an identity may send at once (default: one second)
+    max_connections_per_identity: int | None = None  # WebSockets per identity; more: 429
+    certfile: str | None = None  # TLS: serve https:// and wss://
+    keyfile: str | None = None
     body_timeout_seconds: float = 10.0  # a REST request body must arrive within this
     batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
     batch_linger_seconds: float = 0.05  # batch=1: least time between messages under load
@@ -117,6 +133,31 @@ class BusConfig:
             raise ValueError(f"unknown validation {self.validation!r}; choose strict, warn or off")
         if self.dedupe_window_seconds < 0:
             raise ValueError("dedupe_window_seconds must not be negative")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("TLS needs both --certfile and --keyfile")
+        for name in ("rate_limit_per_second", "rate_burst"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or unset for no limit)")
+        if self.max_connections_per_identity is not None and self.max_connections_per_identity < 1:
+            raise ValueError("max_connections_per_identity must be at least 1")
+        if not (self.auth or self.allow_anonymous or is_loopback(self.host)):
+            raise ValueError(
+                f"refusing to serve {self.host}, which is not a loopback address, with no "
+                "authentication: anyone who can reach it could publish, read every event and "
+                "delete dead letters. Configure a key (--auth-secret-file or "
+                "--auth-public-key; docs/security.md), or pass --allow-anonymous to serve it "
+                "open anyway"
+            )
+
+    @property
+    def auth(self) -> bool:
+        """Whether tokens are required (a key is configured)."""
+        return self.auth_secret_file is not None or self.auth_public_key is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certfile is not None else "http"
 
     def limits(self) -> dict[str, int]:
         """The limits a client is told in the `welcome` frame."""
@@ -148,8 +189,22 @@ class BusConfig:
             values["max_connections"] = int(env["IPT_BUS_MAX_CONNECTIONS"])
         if "IPT_BUS_ALLOWED_ORIGINS" in env:
             values["allowed_origins"] = parse_origins(env["IPT_BUS_ALLOWED_ORIGINS"])
+        if "IPT_BUS_AUTH_SECRET_FILE" in env:
+            values["auth_secret_file"] = env["IPT_BUS_AUTH_SECRET_FILE"]
+        if "IPT_BUS_AUTH_PUBLIC_KEY" in env:
+            values["auth_public_key"] = env["IPT_BUS_AUTH_PUBLIC_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]  # keys are checked by attrs at runtime
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) only reaches this machine."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_origins(raw: str) -> tuple[str, ...]:

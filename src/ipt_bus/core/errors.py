@@ -4,7 +4,8 @@ Exception tree::
 
     BusError
     ├── ProtocolError          bad input: has a wire `code`, a `message`, and the `field` at fault
-    │   └── LimitExceeded      input over a configured limit (the message names the limit)
+    │   ├── LimitExceeded      input over a configured limit (the message names the limit)
+    │   └── RateLimited        more events than the identity's rate limit (retry after)
     ├── Overloaded             the bus could not take the work before the deadline
     ├── BusClosed              we closed it (shutdown); retrying elsewhere may help
     ├── BusBroken              a peer or the storage broke it
@@ -52,6 +53,11 @@ class ErrorCode(enum.StrEnum):
     STORAGE_FULL = "storage_full"
     SHUTTING_DOWN = "shutting_down"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
     UPGRADE_REQUIRED = "upgrade_required"
     HTTP_ERROR = "http_error"  # an HTTP error with no code of its own
     INTERNAL = "internal_error"
@@ -68,6 +74,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008  # origin, auth
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    TOKEN_EXPIRED = 4001
     SLOW_CONSUMER = 4008
 
 
@@ -107,6 +114,14 @@ class LimitExceeded(ProtocolError):
     def __init__(self, message: str, field: str | None = None, *, too_large: bool = False) -> None:
         code = ErrorCode.TOO_LARGE if too_large else ErrorCode.LIMIT_EXCEEDED
         super().__init__(code, message, field)
+
+
+class RateLimited(ProtocolError):
+    """More events than the identity's rate limit allows; retry after `retry_after_seconds`."""
+
+    def __init__(self, message: str, retry_after_seconds: float, field: str | None = None) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, message, field)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class Overloaded(BusError):
@@ -214,6 +229,11 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.STORAGE_FULL: 507,
     ErrorCode.ORIGIN_NOT_ALLOWED: 403,
+    ErrorCode.HOST_NOT_ALLOWED: 421,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.UPGRADE_REQUIRED: 426,
     ErrorCode.INTERNAL: 500,
 }

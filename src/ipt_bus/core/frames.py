@@ -46,13 +46,27 @@ class Ping:
     id: RequestId = None
 
 
-ClientFrame = Subscribe | Unsubscribe | Publish | Ping
+@attrs.frozen(repr=False)
+class Auth:
+    """A fresh token for an open connection (same `sub`), before the old one expires."""
 
-CLIENT_ACTIONS: dict[str, type[Subscribe] | type[Unsubscribe] | type[Publish] | type[Ping]] = {
+    token: str
+    id: RequestId = None
+
+    def __repr__(self) -> str:  # a token never appears in logs or tracebacks
+        return f"Auth(token=<{len(self.token)} chars>, id={self.id!r})"
+
+
+ClientFrame = Subscribe | Unsubscribe | Publish | Ping | Auth
+
+CLIENT_ACTIONS: dict[
+    str, type[Subscribe] | type[Unsubscribe] | type[Publish] | type[Ping] | type[Auth]
+] = {
     "subscribe": Subscribe,
     "unsubscribe": Unsubscribe,
     "publish": Publish,
     "ping": Ping,
+    "auth": Auth,
 }
 
 
@@ -99,6 +113,14 @@ class Pong:
 
 
 @attrs.frozen
+class Authenticated:
+    """The answer to `auth`: the new token is in force until `expires_at` (Unix seconds)."""
+
+    id: RequestId
+    expires_at: float
+
+
+@attrs.frozen
 class ErrorFrame:
     """The answer to an action the server refused; `field` names what was wrong."""
 
@@ -119,4 +141,4 @@ class Gap:
     epoch: str | None = None  # the log's epoch, for reason "epoch"
 
 
-ServerFrame = Welcome | Acked | Subscriptions | Pong | ErrorFrame | Gap
+ServerFrame = Welcome | Acked | Subscriptions | Pong | Authenticated | ErrorFrame | Gap

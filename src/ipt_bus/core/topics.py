@@ -105,6 +105,29 @@ def matches(pattern: str, topic: str) -> bool:
     return len(p) == len(t)
 
 
+def covers(grant: str, pattern: str) -> bool:
+    """Whether every topic `pattern` can match is matched by `grant` (both assumed valid):
+    ``task.**`` covers ``task.*`` and ``task.a.**``; ``task.*`` covers neither ``**`` nor
+    ``*.status``."""
+    g, p = grant.split("."), pattern.split(".")
+    g_open, p_open = g[-1] == "**", p[-1] == "**"
+    if g_open:
+        g = g[:-1]
+    if p_open:
+        p = p[:-1]
+    if not g_open:
+        return not p_open and len(p) == len(g) and all(map(_covers_segment, g, p))
+    shortest = max(len(p), 1) if p_open else len(p)  # a topic has at least one segment
+    if shortest < len(g):
+        return False  # the pattern matches topics shorter than the grant allows
+    # where the pattern has run out (`**`), any segment may come: only `*` covers it
+    return all(_covers_segment(s, p[i]) if i < len(p) else s == "*" for i, s in enumerate(g))
+
+
+def _covers_segment(grant: str, pattern: str) -> bool:
+    return grant == "*" or grant == pattern  # a literal covers only itself, not "*"
+
+
 def matches_any(patterns: Iterable[str], topic: str) -> bool:
     """Whether `topic` matches one of `patterns`; no patterns at all matches everything."""
     empty = True

@@ -11,8 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import attrs
+
 from ipt_bus.bus.connection import Connection, ConnectParams
 from ipt_bus.bus.stats import Refused
+from ipt_bus.core.auth import Forbidden
 from ipt_bus.core.errors import (
     BusClosed,
     ErrorCode,
@@ -21,11 +24,12 @@ from ipt_bus.core.errors import (
     ProtocolError,
 )
 from ipt_bus.core.topics import parse_patterns
-from ipt_bus.edge import http
+from ipt_bus.edge import guard, http
 from ipt_bus.edge.transport import AsgiWebSocket
 
 if TYPE_CHECKING:
     from ipt_bus.bus.node import BusHandle
+    from ipt_bus.core.auth import Identity
     from ipt_bus.core.config import BusConfig
 
 
@@ -41,7 +45,7 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
         await _reject(send, 503, ErrorCode.SHUTTING_DOWN, "the bus is not running")
         return
     cfg = bus.config
-    origin = header(scope, b"origin")
+    origin = guard.header(scope.get("headers", ()), b"origin")
     if (
         cfg.allowed_origins is not None
         and origin is not None
@@ -54,7 +58,13 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
     remote = f"{client[0]}:{client[1]}" if client else None
     try:
         params = parse_connect_params(scope.get("query_string", b""), cfg)
-        connection = Connection(AsgiWebSocket(receive, send), bus, params, remote)
+        token = (
+            guard.bearer(guard.header(scope.get("headers", ()), b"authorization")) or params.token
+        )
+        identity = guard.authenticate(bus, token)
+        if identity is not None:
+            params = within_grant(identity, params)
+        connection = Connection(AsgiWebSocket(receive, send), bus, params, remote, identity)
         await connection.attach()  # the router refuses past max_connections
     except (ProtocolError, Overloaded, BusClosed) as exc:
         status, body, headers = http.error_parts(exc)
@@ -62,13 +72,6 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
         return
     await send({"type": "websocket.accept"})
     await connection.run()
-
-
-def header(scope: Any, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 async def _reject(
@@ -80,6 +83,20 @@ async def _reject(
 async def _reject_with(send: Any, status: int, body: bytes, headers: dict[str, str]) -> None:
     """Refuse a WebSocket handshake with a JSON HTTP answer (ASGI websocket.http.response)."""
     await http.send_answer(send, status, body, headers, websocket=True)
+
+
+def within_grant(identity: Identity, params: ConnectParams) -> ConnectParams:
+    """The connection's topics, held to what its token may read: named ones must be covered by
+    the grant (403 naming the first that is not); none named means the grant's."""
+    grant = identity.grant
+    if not params.explicit:
+        return attrs.evolve(params, patterns=grant.subscribe)
+    for pattern in params.patterns:
+        if not grant.may_subscribe(pattern):
+            raise Forbidden(
+                f"the token of {identity.sub!r} may not subscribe to {pattern!r}", "topics"
+            )
+    return params
 
 
 def parse_connect_params(query_string: bytes, config: BusConfig) -> ConnectParams:
@@ -110,4 +127,6 @@ def parse_connect_params(query_string: bytes, config: BusConfig) -> ConnectParam
         since=http.int_param(query, "since", minimum=0),
         epoch=http.last(query, "epoch") or None,
         batch=batch in ("1", "true"),
+        explicit=bool(patterns),
+        token=http.last(query, "token") or None,
     )

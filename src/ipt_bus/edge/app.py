@@ -15,7 +15,8 @@ from quart_trio import QuartTrio
 
 from ipt_bus.bus.node import BusHandle, run_bus
 from ipt_bus.core.config import BusConfig
-from ipt_bus.edge import rest, transport
+from ipt_bus.core.errors import ProtocolError
+from ipt_bus.edge import guard, http, rest, transport
 from ipt_bus.edge.admission import serve_websocket
 from ipt_bus.edge.http import body_read_before_answer
 
@@ -24,19 +25,52 @@ Extras = Callable[[BusHandle], Awaitable[None]]
 
 
 class BusApp(QuartTrio):
-    """The Quart-Trio app, with `/ws` and `POST /events` answered before Quart sees them."""
+    """The Quart-Trio app, with `/ws` and `POST /events` answered before Quart sees them.
+
+    Every request's `Host` is checked first (DNS rebinding); CORS headers go only to the
+    `--allowed-origins`."""
 
     bus: BusHandle | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
-            await serve_websocket(self.bus, scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == "/events" and scope["method"] == "POST":
-            await rest.post_events(self.bus, scope, receive, send)
-        elif scope["type"] == "http":
-            await super().__call__(scope, *body_read_before_answer(receive, send))
-        else:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
             await super().__call__(scope, receive, send)
+            return
+        try:
+            guard.check_host(self.bus, scope)
+        except ProtocolError as exc:
+            status, body, headers = http.error_parts(exc)
+            if kind == "websocket":
+                await receive()  # websocket.connect
+            await http.send_answer(send, status, body, headers, websocket=kind == "websocket")
+            return
+        if kind == "websocket":
+            await serve_websocket(self.bus, scope, receive, send)
+            return
+        cors = []
+        if self.bus is not None:
+            origin = guard.header(scope["headers"], b"origin")
+            cors = guard.cors_headers(self.bus.config, origin)
+        if cors:
+            send = _with_headers(send, cors)
+            if scope["method"] == "OPTIONS":  # a preflight from an allowed Origin
+                await send({"type": "http.response.start", "status": 204, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        if scope["path"] == "/events" and scope["method"] == "POST":
+            await rest.post_events(self.bus, scope, receive, send)
+        else:
+            await super().__call__(scope, *body_read_before_answer(receive, send))
+
+
+def _with_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending
 
 
 def create_app(

@@ -15,6 +15,7 @@ import trio
 from quart import Response
 
 from ipt_bus.core import codec
+from ipt_bus.core.auth import AuthError
 from ipt_bus.core.errors import (
     BusClosed,
     BusError,
@@ -22,6 +23,7 @@ from ipt_bus.core.errors import (
     LimitExceeded,
     Overloaded,
     ProtocolError,
+    RateLimited,
     as_protocol_error,
     http_status,
 )
@@ -49,9 +51,14 @@ def error_parts(exc: BusError) -> tuple[int, bytes, dict[str, str]]:
     err = as_protocol_error(exc)
     status = http_status(err.code)
     headers: dict[str, str] = {}
-    if status == 503:
-        retry = exc.retry_after_seconds if isinstance(exc, Overloaded) else 1
-        headers["Retry-After"] = str(max(1, round(retry)))
+    if status in (429, 503):
+        retry = exc.retry_after_seconds if isinstance(exc, Overloaded | RateLimited) else 1
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    elif status == 401:  # RFC 6750 §3: no error attribute when no token came at all
+        missing = isinstance(exc, AuthError) and exc.missing
+        headers["WWW-Authenticate"] = (
+            'Bearer realm="ipt-bus"' if missing else 'Bearer realm="ipt-bus", error="invalid_token"'
+        )
     return status, error_body(err.code, err.message, err.field), headers
 
 

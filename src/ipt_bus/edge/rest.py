@@ -12,6 +12,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import trio
 from quart import Response, current_app, request
 from werkzeug.exceptions import HTTPException
@@ -19,15 +20,17 @@ from werkzeug.exceptions import HTTPException
 from ipt_bus.bus import ingress
 from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.core import codec, schemas
+from ipt_bus.core.auth import Forbidden
 from ipt_bus.core.errors import BusClosed, BusError, ErrorCode, ProtocolError
-from ipt_bus.edge import http
-from ipt_bus.storage.base import resume_point, retention_gap
+from ipt_bus.edge import guard, http
+from ipt_bus.storage.base import Query, resume_point, retention_gap
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
     from ipt_bus.bus.node import BusHandle
     from ipt_bus.bus.router import ConnectionView
+    from ipt_bus.core.auth import Identity
     from ipt_bus.core.model import Event
     from ipt_bus.storage.base import DeadLetter
 
@@ -55,6 +58,15 @@ def running(bus: BusHandle | None) -> BusHandle:
 
 def _bus() -> BusHandle:
     return running(current_app.bus)  # type: ignore[attr-defined]  # BusApp's
+
+
+def _identity(bus: BusHandle, *, admin: bool = False) -> Identity | None:
+    """The request's identity (401 without a valid token when tokens are required); with
+    `admin`, it must be an admin's (403)."""
+    identity = guard.authenticate(bus, guard.bearer(request.headers.get("Authorization")))
+    if admin:
+        guard.require_admin(identity)
+    return identity
 
 
 def _query() -> http.Params:
@@ -112,6 +124,8 @@ async def post_events(bus: BusHandle | None, scope: Any, receive: Any, send: Any
 
 async def _post_events(bus: BusHandle, scope: Any, body: http.Body) -> dict[str, Any]:
     cfg = bus.config
+    authorization = guard.header(scope["headers"], b"authorization")
+    identity = guard.authenticate(bus, guard.bearer(authorization))
     content_type = length = key = None
     for name, value in scope["headers"]:
         name = name.lower()
@@ -127,12 +141,13 @@ async def _post_events(bus: BusHandle, scope: Any, body: http.Body) -> dict[str,
     if key is not None:
         codec.check_idempotency_key(key, "Idempotency-Key")
     raw = await body.read(cfg.max_body_bytes, cfg.body_timeout_seconds)
-    return await publish_raw(bus, Origin("rest", _remote(scope)), raw, key)
+    return await publish_raw(bus, Origin("rest", _remote(scope), identity), raw, key)
 
 
 async def post_broadcast() -> Response:
     """Legacy: any JSON object (or a string, as `message`) as a `legacy.broadcast` event."""
     bus = _bus()
+    identity = _identity(bus)
     http.require_json(request.mimetype)
     raw = await request.get_data(cache=False, as_text=False)
     assert isinstance(raw, bytes)
@@ -154,7 +169,7 @@ async def post_broadcast() -> Response:
     def kept() -> str:
         return (mapped[0] if mapped else raw).decode("utf-8", "replace")
 
-    origin = Origin("rest", _remote(request.scope), source="rest:broadcast")
+    origin = Origin("rest", _remote(request.scope), identity, source="rest:broadcast")
     (published,) = await ingress.publish(bus, Offer(origin, decode, kept))
     body = {"id": published.id, "seq": published.seq, "topic": "legacy.broadcast"}
     return http.json_response(body, 201)
@@ -165,10 +180,13 @@ async def post_broadcast() -> Response:
 
 async def get_events() -> Response:
     bus = _bus()
+    identity = _identity(bus)
     cfg = bus.config
     query = _query()
     http.only(query, EVENT_QUERY_PARAMS)
     event_query = http.event_query(query)
+    if identity is not None:  # history never shows what the token may not read
+        event_query = _within_grant(identity, event_query)
     limit = http.int_param(query, "limit", minimum=0)
     requested = cfg.default_query_limit if limit is None else limit
     capped = requested > cfg.max_query_limit
@@ -193,8 +211,22 @@ async def get_events() -> Response:
     return http.json_response(head + b"," + codec.dumps(meta)[1:])
 
 
+def _within_grant(identity: Identity, query: Query) -> Query:
+    """`query` limited to what `identity` may read: its own patterns must be covered by the
+    grant (403 naming the first that is not); without any, the grant's patterns."""
+    if not identity.grant.subscribe:
+        raise Forbidden(f"the token of {identity.sub!r} may read no topic", "topic")
+    if not query.patterns:
+        return attrs.evolve(query, patterns=identity.grant.subscribe)
+    for pattern in query.patterns:
+        if not identity.grant.may_subscribe(pattern):
+            raise Forbidden(f"the token of {identity.sub!r} may not read {pattern!r}", "topic")
+    return query
+
+
 async def get_topics() -> Response:
     bus = _bus()
+    _identity(bus)
     seen: dict[str, tuple[int, float]] = (await bus.stats.snapshot())["_topics"]
     topics = []
     catalogue = schemas.CATALOGUE
@@ -215,8 +247,10 @@ async def get_topics() -> Response:
 
 
 async def get_schemas() -> Response:
+    bus = _bus()
+    _identity(bus)
     return http.json_response(
-        {"validation": _bus().config.validation, "schemas": schemas.json_schemas()}
+        {"validation": bus.config.validation, "schemas": schemas.json_schemas()}
     )
 
 
@@ -225,6 +259,7 @@ async def get_schemas() -> Response:
 
 async def get_stats() -> Response:
     bus = _bus()
+    _identity(bus)
     snap = await bus.stats.snapshot()
     del snap["_topics"]
     log_stats = bus.log.stats()
@@ -257,6 +292,21 @@ async def get_stats() -> Response:
     snap["dead_letters"] = bus.dead_letters.stats()
     router = bus.router.statistics()
     counters = snap["counters"]
+    snap["auth"] = {
+        "required": bus.auth.enabled,
+        "failures": {
+            name.split(":", 1)[1]: n
+            for name, n in counters.items()
+            if name.startswith("auth_failure:")
+        },
+        "forbidden": counters.get("forbidden", 0),
+    }
+    snap["rate_limits"] = {
+        "per_second": cfg.rate_limit_per_second,
+        "burst": cfg.rate_burst,
+        "refused": bus.limiter.refused,
+        "delayed": bus.limiter.delayed,
+    }
     snap["catch_up"] = {
         "catch_ups": counters.get("catch_ups", 0),
         "events_read": counters.get("catch_up_events", 0),
@@ -271,6 +321,7 @@ async def get_stats() -> Response:
 
 async def get_connections() -> Response:
     bus = _bus()
+    _identity(bus, admin=True)
     query = _query()
     http.only(query, ("limit", "offset"))
     limit = http.int_param(query, "limit", minimum=1, maximum=bus.config.max_query_limit) or 100
@@ -294,6 +345,7 @@ def _connection_json(view: ConnectionView) -> dict[str, Any]:
         "connected_at": http.iso(view.peer.connected_at),
         "subscriptions": view.subscriptions,
         "batch": view.peer.batch,
+        "sub": view.peer.sub,
         "state": "catching_up" if outbox.behind else "live",
         "lag": outbox.lag,
         "outbox": {"events": outbox.queued, "bytes": outbox.queued_bytes},
@@ -335,6 +387,7 @@ async def get_health() -> Response:
 
 async def get_dead_letters() -> Response:
     bus = _bus()
+    _identity(bus, admin=True)
     query = _query()
     http.only(query, ("limit", "after"))
     limit = http.int_param(query, "limit", minimum=1, maximum=bus.config.max_query_limit) or 100
@@ -352,16 +405,20 @@ async def get_dead_letters() -> Response:
 
 async def retry_dead_letter(letter_id: int) -> Response:
     bus = _bus()
+    _identity(bus, admin=True)
+    # a state change: JSON only, so a cross-site HTML form cannot trigger it
+    http.require_json(request.mimetype)
     letter = bus.dead_letters.get(letter_id)
     if letter is None:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
-    origin = Origin("dlq", _remote(request.scope), retrying=letter_id)
+    origin = Origin("dlq", _remote(request.scope), retrying=letter_id)  # an admin's: trusted
     body = await publish_raw(bus, origin, letter.raw.encode(), None)
     return http.json_response(body, 201)
 
 
 async def delete_dead_letter(letter_id: int) -> Response:
     bus = _bus()
+    _identity(bus, admin=True)
     if not bus.dead_letters.remove(letter_id, why="deleted"):
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no dead letter {letter_id}", "id")
     return Response(b"", status=204)
