@@ -1,20 +1,23 @@
 """The `ipt-bus` command: `serve` runs the bus; `tail`, `publish`, `stats` and `topics` talk to
-one. Exit codes: 0 done (a clean stop), 1 the bus failed or could not be reached, 2 bad
-arguments (or input the bus rejected)."""
+one; `token` signs a token for a bus's secret. Exit codes: 0 done (a clean stop), 1 the bus
+failed or could not be reached, 2 bad arguments (or input the bus rejected or refused)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING, TypeVar
+import time
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import trio
 
 from ipt_bus import __version__
 from ipt_bus.client import commands as client_commands
+from ipt_bus.core.auth import Grant, Keys, make_token
 from ipt_bus.core.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
-from ipt_bus.core.errors import StartupError
+from ipt_bus.core.errors import ProtocolError, StartupError
+from ipt_bus.core.topics import validate_pattern
 from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:
@@ -95,6 +98,37 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated browser Origins allowed on /ws (default: any)",
     )
+    security = s.add_argument_group("security (docs/security.md)")
+    security.add_argument(
+        "--auth-secret-file", default=None, help="HS256 secret (the file's content) for tokens"
+    )
+    security.add_argument(
+        "--auth-public-key", default=None, help="PEM public key or JWKS file (RS256/ES256/EdDSA)"
+    )
+    security.add_argument("--auth-audience", default=None, help="tokens must carry this aud")
+    security.add_argument("--auth-issuer", default=None, help="tokens must carry this iss")
+    security.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback --host with no key (open to anyone who can reach it)",
+    )
+    security.add_argument(
+        "--rate-limit", type=float, default=None, help="events per second per identity"
+    )
+    security.add_argument(
+        "--rate-burst", type=float, default=None, help="events at once (default: --rate-limit)"
+    )
+    security.add_argument(
+        "--max-connections-per-identity", type=int, default=None, help="WebSockets per identity"
+    )
+    security.add_argument("--certfile", default=None, help="TLS certificate: https:// and wss://")
+    security.add_argument("--keyfile", default=None, help="TLS private key")
+    security.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host names served besides loopback and --host ('*': any)",
+    )
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     s.add_argument(
         "--log-to-bus",
@@ -103,24 +137,47 @@ def _parser() -> argparse.ArgumentParser:
         help="also publish the bus's own warnings and errors as logs.* events",
     )
 
-    url_help = "the bus (default $IPT_BUS_URL, else http://127.0.0.1:8765)"
     t = commands.add_parser("tail", help="print events as they are published")
     t.add_argument("patterns", nargs="*", metavar="PATTERN", help="topic patterns (default: all)")
     t.add_argument("--since", type=int, default=None, help="first replay the log after this seq")
     t.add_argument("--json", action="store_true", help="raw events, one JSON object per line")
-    t.add_argument("--url", default=None, help=url_help)
+    _client_arguments(t)
     p = commands.add_parser("publish", help="publish one event")
     p.add_argument("topic")
     p.add_argument("--type", required=True, dest="type_", metavar="TYPE", help="event type")
     p.add_argument("--payload", default=None, help="a JSON object, or @FILE (default {})")
     p.add_argument("--source", default=None)
     p.add_argument("--correlation-id", default=None)
-    p.add_argument("--url", default=None, help=url_help)
+    _client_arguments(p)
     for name, text in (("stats", "the bus's statistics"), ("topics", "topics and their counts")):
         c = commands.add_parser(name, help=text)
         c.add_argument("--json", action="store_true", help="the raw JSON answer")
-        c.add_argument("--url", default=None, help=url_help)
+        _client_arguments(c)
+    k = commands.add_parser("token", help="print a signed token (HS256) for a bus's secret")
+    k.add_argument("--secret-file", required=True, help="the bus's --auth-secret-file")
+    k.add_argument("--sub", required=True, help="who the token is for (its rate-limit identity)")
+    k.add_argument(
+        "--publish", action="append", default=[], metavar="PATTERN", help="may publish (repeat)"
+    )
+    k.add_argument(
+        "--subscribe", action="append", default=[], metavar="PATTERN", help="may read (repeat)"
+    )
+    k.add_argument("--admin", action="store_true", help="may use /dlq and /connections")
+    k.add_argument("--rate-limit", type=float, default=None, help="events per second (claim)")
+    k.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime (default 1h)")
+    k.add_argument("--audience", default=None, help="aud claim (the bus's --auth-audience)")
+    k.add_argument("--issuer", default=None, help="iss claim (the bus's --auth-issuer)")
     return parser
+
+
+def _client_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--url", default=None, help="the bus (default $IPT_BUS_URL, else http://127.0.0.1:8765)"
+    )
+    command.add_argument("--token", default=None, help="a token (default $IPT_BUS_TOKEN)")
+    command.add_argument(
+        "--cacert", default=None, help="https: the CA bundle to trust (default: the system's)"
+    )
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
@@ -146,24 +203,41 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         watch_dir=args.watch_dir,
         max_connections=args.max_connections,
         allowed_origins=origins,
+        auth_secret_file=args.auth_secret_file,
+        auth_public_key=args.auth_public_key,
+        auth_audience=args.auth_audience,
+        auth_issuer=args.auth_issuer,
+        allow_anonymous=args.allow_anonymous,
+        rate_limit_per_second=args.rate_limit,
+        rate_burst=args.rate_burst,
+        max_connections_per_identity=args.max_connections_per_identity,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        allowed_hosts=None if args.allowed_hosts is None else parse_origins(args.allowed_hosts),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = sys.stdout
+    if args.command == "token":
+        return _token(args, out)
+    if args.command != "serve":
+        access = {"token": args.token, "verify": args.cacert or True}
     match args.command:
         case "tail":
-            return client_commands.tail(args.url, args.patterns, args.since, args.json, out)
+            return client_commands.tail(
+                args.url, args.patterns, args.since, args.json, out, **access
+            )
         case "publish":
             return client_commands.publish(
                 args.url, args.topic, args.type_, args.payload, args.source,
-                args.correlation_id, out,
+                args.correlation_id, out, **access,
             )  # fmt: skip
         case "stats":
-            return client_commands.stats(args.url, args.json, out)
+            return client_commands.stats(args.url, args.json, out, **access)
         case "topics":
-            return client_commands.topics(args.url, args.json, out)
+            return client_commands.topics(args.url, args.json, out, **access)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -186,6 +260,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             logging.getLogger("ipt_bus").critical("the bus failed and stopped", exc_info=exc)
         return 1
+    return 0
+
+
+def _token(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        secret = Keys.load(args.secret_file).secret
+        grant = Grant(
+            publish=tuple(validate_pattern(p, "--publish") for p in args.publish),
+            subscribe=tuple(validate_pattern(p, "--subscribe") for p in args.subscribe),
+            admin=args.admin,
+            rate_limit=args.rate_limit,
+        )
+    except (ValueError, ProtocolError) as exc:
+        print(f"ipt-bus: {exc}", file=sys.stderr)
+        return 2
+    assert secret is not None
+    token = make_token(
+        secret,
+        args.sub,
+        now=time.time(),
+        ttl_seconds=args.ttl,
+        grant=grant,
+        audience=args.audience,
+        issuer=args.issuer,
+    )
+    print(token, file=out)
     return 0
 
 

@@ -48,7 +48,9 @@ class RateLimiter:
         burst = max(self.burst if self.burst is not None else rate, 1.0)
         tokens, at = self._buckets.pop(identity, (burst, now))
         tokens = min(burst, tokens + (now - at) * rate)
-        wait = max(0.0, (events - tokens) / rate)
+        # a batch larger than the bucket goes when the bucket is full, leaving a debt: else it
+        # could never go, and the average rate holds either way
+        wait = max(0.0, (min(events, burst) - tokens) / rate)
         if wait > max_wait:
             self.refused += 1
             self._keep(identity, tokens, now)

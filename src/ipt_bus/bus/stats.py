@@ -35,6 +35,10 @@ class Dropped:
     count: int
 
 
+SECURITY_COUNTS: Final = ("forbidden", "rate_limited", "host_not_allowed")
+"""Counted refusals shown under `/stats` "security" (with `auth_failures` by reason)."""
+
+
 @attrs.frozen
 class Counted:
     """Something other than an event delivery happened `count` times (`/stats` "counters")."""
@@ -175,7 +179,15 @@ class Stats:
                     round(statistics.median(ages), 3) if ages else None
                 ),
             },
-            "counters": dict(self._counts),
+            "counters": {k: v for k, v in self._counts.items() if ":" not in k},
+            "security": {
+                "auth_failures": {
+                    k.partition(":")[2]: v
+                    for k, v in self._counts.items()
+                    if k.startswith("auth_failure:")
+                },
+                **{k: self._counts.get(k, 0) for k in SECURITY_COUNTS},
+            },
             "top_topics": [{"topic": t, "count": c} for t, c in self._per_topic.most_common(10)],
             "uptime_seconds": round(uptime, 3),
         }

@@ -8,7 +8,13 @@ asynchronously (under asyncio or trio). See docs/client.md.
 
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
-from ipt_bus.core.errors import BusUnavailable, ClientError, HistoryLost, PublishRejected
+from ipt_bus.core.errors import (
+    BusUnavailable,
+    ClientError,
+    HistoryLost,
+    PublishRejected,
+    RequestRefused,
+)
 from ipt_bus.core.frames import Gap
 from ipt_bus.core.model import Event, Published
 
@@ -21,5 +27,6 @@ __all__ = [
     "Gap",
     "HistoryLost",
     "PublishRejected",
+    "RequestRefused",
     "Published",
 ]

@@ -8,15 +8,24 @@ after an answer that got lost can never store the event twice.
 from __future__ import annotations
 
 import os
+import ssl
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+import jwt
 import orjson
 
 from ipt_bus.core.codec import event_from_bus as event_from_bus
 from ipt_bus.core.codec import event_to_wire
 from ipt_bus.core.config import DEFAULT_PORT
-from ipt_bus.core.errors import RETRYABLE, BusUnavailable, PublishRejected, http_status
+from ipt_bus.core.errors import (
+    RETRYABLE,
+    BusUnavailable,
+    PublishRejected,
+    RequestRefused,
+    http_status,
+)
 from ipt_bus.core.model import Event, Published
 
 if TYPE_CHECKING:
@@ -25,6 +34,47 @@ if TYPE_CHECKING:
 DEFAULT_URL: Final = f"http://127.0.0.1:{DEFAULT_PORT}"
 # what the bus answers when it did not take the events, and a proxy's "the bus is not there"
 RETRY_STATUSES: Final = frozenset({http_status(c) for c in RETRYABLE} | {502, 504})
+
+
+TokenSource = str | Callable[[], str] | None
+"""A token, or a callable that returns a fresh one (called on each connection and request)."""
+Verify = ssl.SSLContext | str | bool
+"""TLS: True (the system's CAs), a CA bundle's path, an `ssl.SSLContext`, or False (no check)."""
+
+
+def token_source(token: TokenSource) -> TokenSource:
+    """`token`, else ``$IPT_BUS_TOKEN``, else none."""
+    return token if token is not None else os.environ.get("IPT_BUS_TOKEN") or None
+
+
+def current_token(token: TokenSource) -> str | None:
+    return token() if callable(token) else token
+
+
+def auth_headers(token: TokenSource) -> dict[str, str]:
+    value = current_token(token)
+    return {"Authorization": f"Bearer {value}"} if value else {}
+
+
+def expires_at(token: str) -> float | None:
+    """When a token expires (Unix seconds), read without checking it (the bus checks)."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def ssl_context(verify: Verify) -> ssl.SSLContext:
+    """An SSL context for `verify` (the sync publisher's `http.client` takes only contexts)."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
 
 
 def bus_url(url: str | None = None) -> str:
@@ -81,6 +131,22 @@ def rejected(status: int, content: bytes) -> PublishRejected:
         return PublishRejected(err["code"], err["message"], err.get("field"))
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return PublishRejected(f"http_{status}", content[:200].decode("utf-8", "replace"))
+
+
+def refused(status: int, content: bytes) -> RequestRefused | None:
+    """A 4xx answer that retrying will not change, as an error (else None: retry)."""
+    if status < 400 or status >= 500 or status in (408, 429):
+        return None
+    try:
+        err = orjson.loads(content)["error"]
+        return RequestRefused(status, err["code"], err["message"], err.get("field"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        code = _REFUSALS.get(status, f"http_{status}")
+        text = content[:200].decode("utf-8", "replace") or f"HTTP {status}"
+        return RequestRefused(status, code, text)
+
+
+_REFUSALS: Final = {401: "unauthorized", 403: "forbidden", 421: "host_not_allowed"}
 
 
 def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:

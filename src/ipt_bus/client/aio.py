@@ -21,13 +21,20 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
 import httpx
 import orjson
-from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnect, aconnect_ws
+from httpx_ws import (
+    AsyncWebSocketSession,
+    HTTPXWSException,
+    WebSocketDisconnect,
+    WebSocketUpgradeError,
+    aconnect_ws,
+)
 
 from ipt_bus.client import _common
 from ipt_bus.core import codec
@@ -40,6 +47,8 @@ from ipt_bus.core.errors import (
 )
 from ipt_bus.core.frames import (
     Acked,
+    Auth,
+    Authenticated,
     ClientFrame,
     ErrorFrame,
     Gap,
@@ -93,6 +102,11 @@ class EventBusClient:
         retries: further attempts of a publish the bus did not take (unreachable, overloaded).
         reconnect: reconnect (and resume) when the connection drops.
         since: resume from this `seq` on the first connection (with `epoch`, if known).
+        token: a token, or a callable returning a fresh one (default ``$IPT_BUS_TOKEN``); a
+            callable is called on each (re)connect, and before the token expires the session
+            sends the bus a fresh one (`auth`), so a long-lived subscription outlives its tokens.
+        verify: for ``https://``/``wss://``: True (the system's CAs), a CA bundle's path, an
+            `ssl.SSLContext`, or False.
     """
 
     def __init__(
@@ -106,8 +120,13 @@ class EventBusClient:
         since: int | None = None,
         epoch: str | None = None,
         queue_size: int = 10_000,
+        token: _common.TokenSource = None,
+        verify: _common.Verify = True,
     ) -> None:
         self.url = _common.bus_url(url)
+        self.token = _common.token_source(token)
+        self._verify = verify
+        self._token_in_force: str | None = None  # the one the open connection runs on
         self.timeout = timeout
         self.retries = retries
         self.reconnect = reconnect
@@ -155,7 +174,8 @@ class EventBusClient:
         """Set the topics to subscribe to and check that the bus answers.
 
         The WebSocket itself is opened by `listen_async()` (or ``async with client``), which
-        also keeps it open. Raises `BusUnavailable` when the bus cannot be reached.
+        also keeps it open. Raises `BusUnavailable` when the bus cannot be reached,
+        `RequestRefused` when it refuses this client (a Host it does not serve).
         """
         if topics is not None:
             self.topics = [validate_pattern(t, "topics") for t in topics]
@@ -165,6 +185,9 @@ class EventBusClient:
         except httpx.TransportError as exc:
             raise _common.unreachable(self.url, exc) from None
         if response.status_code != 200:
+            refusal = _common.refused(response.status_code, response.content)
+            if refusal is not None:
+                raise refusal
             raise _common.unreachable(self.url, f"/health answered {response.status_code}")
 
     async def listen_async(self) -> None:
@@ -173,6 +196,8 @@ class EventBusClient:
         Raises:
             HistoryLost: the bus no longer had events after the last `seq` (and no `on_gap`).
             BusUnavailable: the bus could not be reached and `reconnect` is off.
+            RequestRefused: the bus refused the connection (no valid token, a subscription
+                the token does not grant).
         """
         await self._session()
 
@@ -207,7 +232,9 @@ class EventBusClient:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
+            self._http = httpx.AsyncClient(
+                base_url=self.url, timeout=self.timeout, verify=self._verify, auth=_BearerAuth(self)
+            )
         return self._http
 
     # --- the session ------------------------------------------------------------------------
@@ -243,12 +270,24 @@ class EventBusClient:
                         task_status.started()
                     for request in list(self._requests.values()):
                         await ws.send_text(request.text)
-                    while True:
-                        await self._on_message(await ws.receive_text())
+                    async with anyio.create_task_group() as group:
+                        if callable(self.token):
+                            group.start_soon(self._keep_token_fresh)
+                        while True:
+                            await self._on_message(await ws.receive_text())
             except Exception as group:  # httpx-ws raises through its task group: unwrap
                 exc = _single(group)
                 if not isinstance(exc, _DISCONNECTED):
                     raise exc from None
+                if isinstance(exc, WebSocketUpgradeError):
+                    response = exc.response
+                    try:
+                        body = await response.aread()
+                    except httpx.StreamError:  # httpx-ws closed it unread
+                        body = b""
+                    refusal = _common.refused(response.status_code, body)
+                    if refusal is not None:  # a token, a permission: reconnecting cannot help
+                        raise refusal from None
                 self._ws = None
                 self._connected = anyio.Event()
                 if not self.reconnect or (not started and attempt >= self.retries):
@@ -258,6 +297,22 @@ class EventBusClient:
                 log.info("connection to %s lost (%s); reconnecting in %.1f s", self.url, exc, delay)
                 attempt += 1
                 await anyio.sleep(delay)
+
+    async def _keep_token_fresh(self) -> None:
+        """Before the connection's token expires, send the bus a fresh one (`auth`)."""
+        while True:
+            token = self._token_in_force
+            expiry = _common.expires_at(token) if token else None
+            if expiry is None:
+                return
+            left = expiry - time.time()
+            await anyio.sleep(max(0.0, left - min(30.0, left / 5)))  # well before it lapses
+            fresh = _common.current_token(self.token)
+            if not fresh or fresh == token:
+                return
+            answer = await self._request(Auth(fresh))
+            assert isinstance(answer, Authenticated), answer
+            self._token_in_force = fresh
 
     def _ws_url(self) -> str:
         query = {"batch": "1"}
@@ -419,6 +474,21 @@ class EventBusClient:
                 return result
             last = f"HTTP {response.status_code}"
         raise _common.unavailable(self.url, self.retries + 1, last)
+
+
+class _BearerAuth(httpx.Auth):
+    """The client's token on every request (the WebSocket handshake included)."""
+
+    def __init__(self, client: EventBusClient) -> None:
+        self._client = client
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        token = _common.current_token(self._client.token)
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+            if request.url.path.endswith("/ws"):
+                self._client._token_in_force = token
+        yield request
 
 
 def _single(exc: BaseException) -> BaseException:

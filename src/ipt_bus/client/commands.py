@@ -1,7 +1,9 @@
 """The client side of the `ipt-bus` command: `tail`, `publish`, `stats`, `topics`.
 
 Exit codes: 0 done (for `tail`: stopped with Ctrl-C), 1 the bus could not be reached or failed,
-2 bad arguments or input the bus rejected. Errors are one line on stderr.
+2 bad arguments, input the bus rejected, or a request it refused (token, permission). Errors are
+one line on stderr. Each command takes the bus's URL, a token (default ``$IPT_BUS_TOKEN``) and,
+for ``https://``, a CA bundle to trust.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ import httpx
 import orjson
 import trio
 
-from ipt_bus.client._common import bus_url, unreachable
+from ipt_bus.client._common import (
+    TokenSource,
+    Verify,
+    auth_headers,
+    bus_url,
+    refused,
+    token_source,
+    unreachable,
+)
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
 from ipt_bus.core.codec import event_to_wire
-from ipt_bus.core.errors import BusUnavailable, HistoryLost, PublishRejected
+from ipt_bus.core.errors import BusUnavailable, HistoryLost, PublishRejected, RequestRefused
 from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
@@ -59,7 +69,14 @@ def format_event(event: Event, *, colour: bool) -> str:
 
 
 def tail(
-    url: str | None, patterns: Sequence[str], since: int | None, as_json: bool, out: TextIO
+    url: str | None,
+    patterns: Sequence[str],
+    since: int | None,
+    as_json: bool,
+    out: TextIO,
+    *,
+    token: TokenSource = None,
+    verify: Verify = True,
 ) -> int:
     url = bus_url(url)
     colour = out.isatty() and not as_json
@@ -76,7 +93,9 @@ def tail(
         print(f"ipt-bus: events {g.from_seq}{to} are not in the log ({g.reason})", file=sys.stderr)
 
     async def run() -> int:
-        client = EventBusClient(url, topics=list(patterns) or None, since=since)
+        client = EventBusClient(
+            url, topics=list(patterns) or None, since=since, token=token, verify=verify
+        )
         client.add_event_handler("**", show)
         client.on_gap(gap)
         try:
@@ -84,6 +103,8 @@ def tail(
             await client.listen_async()
         except BusUnavailable as exc:
             return _fail(str(exc), UNREACHABLE)
+        except RequestRefused as exc:
+            return _fail(str(exc), BAD_INPUT)
         except HistoryLost as exc:  # pragma: no cover - on_gap is registered
             return _fail(str(exc), UNREACHABLE)
         finally:
@@ -107,6 +128,9 @@ def publish(
     source: str | None,
     correlation_id: str | None,
     out: TextIO,
+    *,
+    token: TokenSource = None,
+    verify: Verify = True,
 ) -> int:
     url = bus_url(url)
     try:
@@ -116,7 +140,7 @@ def publish(
     event = Event(
         type=type_, topic=topic, payload=body, source=source, correlation_id=correlation_id
     )
-    with EventBusPublisher(url, retries=1) as publisher:
+    with EventBusPublisher(url, retries=1, token=token, verify=verify) as publisher:
         try:
             published = publisher.publish(event)
         except PublishRejected as exc:
@@ -151,17 +175,26 @@ def _payload(raw: str | None) -> dict[str, Any]:
 # --- stats and topics -----------------------------------------------------------------------
 
 
-def _get(url: str, path: str) -> Any:
-    with httpx.Client(base_url=url, timeout=10) as http:
+def _get(url: str, path: str, token: TokenSource, verify: Verify) -> Any:
+    """GET `path` as JSON. Raises `RequestRefused` (a 4xx) or `httpx.HTTPError`."""
+    headers = auth_headers(token_source(token))
+    with httpx.Client(base_url=url, timeout=10, headers=headers, verify=verify) as http:
         response = http.get(path)
+        refusal = refused(response.status_code, response.content)
+        if refusal is not None:
+            raise refusal
         response.raise_for_status()
         return response.json()
 
 
-def stats(url: str | None, as_json: bool, out: TextIO) -> int:
+def stats(
+    url: str | None, as_json: bool, out: TextIO, *, token: TokenSource = None, verify: Verify = True
+) -> int:
     url = bus_url(url)
     try:
-        s = _get(url, "/stats")
+        s = _get(url, "/stats", token, verify)
+    except RequestRefused as exc:
+        return _fail(str(exc), BAD_INPUT)
     except httpx.HTTPError as exc:
         return _unreachable(url, exc)
     if as_json:
@@ -183,6 +216,13 @@ def stats(url: str | None, as_json: bool, out: TextIO) -> int:
         ("dead letters", f"{s['dead_letters']['size']:,}"),
         ("top topics", top or "-"),
     ]
+    security = s.get("security", {})
+    refusals = {
+        **{f"auth {k}": v for k, v in security.get("auth_failures", {}).items()},
+        **{k: v for k, v in security.items() if isinstance(v, int) and v},
+    }
+    if refusals:
+        rows.append(("refused", ", ".join(f"{k} {v:,}" for k, v in refusals.items())))
     if log.get("problem"):
         rows.append(("problem", log["problem"]))
     width = max(len(k) for k, _ in rows)
@@ -191,10 +231,14 @@ def stats(url: str | None, as_json: bool, out: TextIO) -> int:
     return OK
 
 
-def topics(url: str | None, as_json: bool, out: TextIO) -> int:
+def topics(
+    url: str | None, as_json: bool, out: TextIO, *, token: TokenSource = None, verify: Verify = True
+) -> int:
     url = bus_url(url)
     try:
-        body = _get(url, "/topics")
+        body = _get(url, "/topics", token, verify)
+    except RequestRefused as exc:
+        return _fail(str(exc), BAD_INPUT)
     except httpx.HTTPError as exc:
         return _unreachable(url, exc)
     if as_json:

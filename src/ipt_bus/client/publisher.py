@@ -48,10 +48,24 @@ class EventBusPublisher:
         url: the bus (default ``$IPT_BUS_URL``, else ``http://127.0.0.1:8765``).
         timeout: seconds for each HTTP request.
         retries: further attempts when the bus is unreachable or answers 503/507.
+        token: a token, or a callable returning a fresh one for each request (default
+            ``$IPT_BUS_TOKEN``), sent as ``Authorization: Bearer``.
+        verify: for ``https://``: True (the system's CAs), a CA bundle's path, an
+            `ssl.SSLContext`, or False.
     """
 
-    def __init__(self, url: str | None = None, *, timeout: float = 10.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        token: _common.TokenSource = None,
+        verify: _common.Verify = True,
+    ) -> None:
         self.url = _common.bus_url(url)
+        self.token = _common.token_source(token)
+        self._verify = verify
         self.retries = retries
         self.timeout = timeout
         parts = urlsplit(self.url)
@@ -94,8 +108,15 @@ class EventBusPublisher:
         with self._lock:
             conn = self._conn
             if conn is None:
-                kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                conn = self._conn = kind(self._host, self._port, timeout=self.timeout)
+                if self._https:
+                    context = _common.ssl_context(self._verify)
+                    conn = http.client.HTTPSConnection(
+                        self._host, self._port, timeout=self.timeout, context=context
+                    )
+                else:
+                    conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+                self._conn = conn
+            headers = headers | _common.auth_headers(self.token)
             conn.request("POST", f"{self._prefix}/events", body, headers)
             response = conn.getresponse()
             return response.status, response.read()

@@ -174,6 +174,19 @@ class PublishRejected(ClientError):
         self.field = field
 
 
+class RequestRefused(ClientError):
+    """The bus refused a connection or a request for good (no valid token, not permitted, a
+    Host it does not serve): retrying the same will not help. `status` is the HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        where = f" (field {field!r})" if field else ""
+        super().__init__(f"the bus refused the request: {code}: {message}{where}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
 class BusUnavailable(ClientError):
     """The bus could not be reached, or stayed overloaded, through every retry."""
 
