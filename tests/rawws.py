@@ -106,14 +106,14 @@ async def connect(
 ) -> RawPeer:
     stream = await trio.open_tcp_stream(url_host, port)
     key = base64.b64encode(os.urandom(16)).decode()
+    headers = {"Host": f"{url_host}:{port}"} | (headers or {})
     lines = [
         f"GET {path} HTTP/1.1",
-        f"Host: {url_host}:{port}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        *(f"{k}: {v}" for k, v in headers.items()),
     ]
     await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
     data = b""

@@ -272,7 +272,10 @@ def _token(args: argparse.Namespace, out: TextIO) -> int:
             admin=args.admin,
             rate_limit=args.rate_limit,
         )
-    except (ValueError, ProtocolError) as exc:
+    except ProtocolError as exc:
+        print(f"ipt-bus: {exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"ipt-bus: {exc}", file=sys.stderr)
         return 2
     assert secret is not None

@@ -44,7 +44,7 @@ class Server:
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1) + "/ws"
+        return "ws" + self.url.removeprefix("http") + "/ws"  # https:// -> wss://
 
     def shutdown(self) -> None:
         self.bus.shutdown()

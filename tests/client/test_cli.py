@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,7 +14,9 @@ import orjson
 import pytest
 import trio
 
+from ipt_bus.cli import config_from_args
 from ipt_bus.client import BusUnavailable, Event, EventBusPublisher
+from ipt_bus.core.auth import Authenticator, Grant, Keys, make_token
 from tests.conftest import running_server
 from tests.integration.test_launch import free_port
 
@@ -109,3 +113,96 @@ def test_publisher_retries_with_one_idempotency_key() -> None:
     nowhere = EventBusPublisher(f"http://127.0.0.1:{free_port()}", retries=1)
     with pytest.raises(BusUnavailable, match="after 2 attempts"):
         nowhere.publish(Event(type="t", topic="a"))
+
+
+# --- security (docs/security.md) ------------------------------------------------------------
+
+
+async def _ipt_bus(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [IPT_BUS, *args], capture_stdout=True, capture_stderr=True, check=False, env=env
+        )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_token_signs_what_it_is_told_and_refuses_bad_arguments(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 40 + "\n")
+    code, out, err = await _ipt_bus(
+        "token", "--secret-file", str(secret), "--sub", "exec-1", "--publish", "task.**",
+        "--subscribe", "task.*", "--subscribe", "cost.update", "--admin", "--rate-limit", "50",
+        "--ttl", "10m", "--audience", "bus", "--issuer", "ops",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    keys = Keys.load(str(secret), audience="bus", issuer="ops")
+    identity = Authenticator(keys).verify(out.strip(), time.time())
+    assert identity.sub == "exec-1"
+    assert identity.grant == Grant(("task.**",), ("task.*", "cost.update"), True, 50.0)
+    assert 590 <= identity.expires_at - time.time() <= 600
+    for args, problem in [
+        (["--secret-file", str(tmp_path / "nope"), "--sub", "a"], "cannot read"),
+        (["--secret-file", str(secret), "--sub", "a", "--publish", "a..b"], "--publish"),
+        (["--secret-file", str(secret), "--sub", "a", "--ttl", "soon"], "--ttl"),
+    ]:
+        code, out, err = await _ipt_bus("token", *args)
+        assert (code, out) == (2, ""), args
+        assert problem in err, (args, err)
+
+
+async def test_client_commands_take_a_token(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"y" * 40)
+    grant = Grant(("custom.*",), ("**",))
+    good = make_token(b"y" * 40, "cli", now=time.time(), ttl_seconds=60, grant=grant)
+    async with running_server(auth_secret_file=str(secret)) as server:
+        code, _, err = await _run("stats", url=server.url)
+        assert code == 2
+        assert "unauthorized" in err
+        assert err.count("\n") == 1
+        code, out, _ = await _run(
+            "publish", "custom.a", "--type", "t", "--token", good, url=server.url
+        )
+        assert (code, orjson.loads(out)["seq"]) == (0, 1)
+        code, _, err = await _run(
+            "publish", "task.a", "--type", "t", "--token", good, url=server.url
+        )
+        assert (code, "forbidden" in err) == (2, True)
+        with trio.fail_after(30):
+            result = await trio.run_process(
+                [IPT_BUS, "topics", "--json", "--url", server.url],
+                capture_stdout=True,
+                check=False,
+                env={**os.environ, "IPT_BUS_TOKEN": good},
+            )
+        counts = {t["topic"]: t["count"] for t in orjson.loads(result.stdout)["topics"]}
+        assert counts["custom.a"] == 1
+        code, out, _ = await _run("stats", "--token", good, url=server.url)
+        assert code == 0
+        assert "refused       auth missing 1, forbidden 1\n" in out
+        code, _, err = await _run("tail", "--token", "nope", url=server.url)
+        assert (code, "unauthorized" in err) == (2, True)
+
+
+async def test_protected_mode_refuses_an_open_bus_off_loopback() -> None:
+    code, out, err = await _ipt_bus("serve", "--host", "0.0.0.0", "--port", "0")
+    assert (code, out) == (2, "")
+    assert "--allow-anonymous" in err
+    assert "--auth-secret-file" in err
+
+
+def test_serve_takes_the_security_flags(tmp_path: Path) -> None:
+    config = config_from_args(
+        ["serve", "--host", "0.0.0.0", "--allow-anonymous", "--rate-limit", "100",
+         "--rate-burst", "500", "--max-connections-per-identity", "4",
+         "--allowed-hosts", "bus.example,bus", "--auth-audience", "a", "--auth-issuer", "i"]
+    )  # fmt: skip
+    assert (config.allow_anonymous, config.rate_limit_per_second, config.rate_burst) == (
+        True,
+        100.0,
+        500.0,
+    )
+    assert config.max_connections_per_identity == 4
+    assert config.allowed_hosts == ("bus.example", "bus")
+    with pytest.raises(ValueError, match="--certfile and --keyfile"):
+        config_from_args(["serve", "--certfile", str(tmp_path / "c.pem")])

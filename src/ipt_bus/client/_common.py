@@ -66,7 +66,7 @@ def expires_at(token: str) -> float | None:
 
 
 def ssl_context(verify: Verify) -> ssl.SSLContext:
-    """An SSL context for `verify` (the sync publisher's `http.client` takes only contexts)."""
+    """An SSL context for `verify` (`http.client` takes only contexts; httpx deprecates paths)."""
     if isinstance(verify, ssl.SSLContext):
         return verify
     if verify is False:

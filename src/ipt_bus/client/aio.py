@@ -209,6 +209,8 @@ class EventBusClient:
             await self._group.start(self._session)
         except BaseException:
             await stack.__aexit__(None, None, None)
+            self._group = None
+            await self.close()  # the HTTP client too: a refused handshake's socket is pooled
             raise
         self._stack = stack
         return self
@@ -233,7 +235,11 @@ class EventBusClient:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
-                base_url=self.url, timeout=self.timeout, verify=self._verify, auth=_BearerAuth(self)
+                base_url=self.url,
+                timeout=self.timeout,
+                verify=_common.ssl_context(self._verify),
+                auth=_BearerAuth(self),
+                event_hooks={"response": [_read_refusal]},
             )
         return self._http
 
@@ -281,11 +287,7 @@ class EventBusClient:
                     raise exc from None
                 if isinstance(exc, WebSocketUpgradeError):
                     response = exc.response
-                    try:
-                        body = await response.aread()
-                    except httpx.StreamError:  # httpx-ws closed it unread
-                        body = b""
-                    refusal = _common.refused(response.status_code, body)
+                    refusal = _common.refused(response.status_code, response.content)
                     if refusal is not None:  # a token, a permission: reconnecting cannot help
                         raise refusal from None
                 self._ws = None
@@ -489,6 +491,13 @@ class _BearerAuth(httpx.Auth):
             if request.url.path.endswith("/ws"):
                 self._client._token_in_force = token
         yield request
+
+
+async def _read_refusal(response: httpx.Response) -> None:
+    """Read a refused handshake's body while it is open (httpx-ws closes it unread): it says
+    why (`RequestRefused`)."""
+    if response.status_code >= 400:
+        await response.aread()
 
 
 def _single(exc: BaseException) -> BaseException:

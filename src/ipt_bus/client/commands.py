@@ -23,6 +23,7 @@ from ipt_bus.client._common import (
     auth_headers,
     bus_url,
     refused,
+    ssl_context,
     token_source,
     unreachable,
 )
@@ -178,7 +179,8 @@ def _payload(raw: str | None) -> dict[str, Any]:
 def _get(url: str, path: str, token: TokenSource, verify: Verify) -> Any:
     """GET `path` as JSON. Raises `RequestRefused` (a 4xx) or `httpx.HTTPError`."""
     headers = auth_headers(token_source(token))
-    with httpx.Client(base_url=url, timeout=10, headers=headers, verify=verify) as http:
+    context = ssl_context(verify)
+    with httpx.Client(base_url=url, timeout=10, headers=headers, verify=context) as http:
         response = http.get(path)
         refusal = refused(response.status_code, response.content)
         if refusal is not None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 MAX_TOKEN_CHARS: Final = 8_192  # a token longer than this is refused unread
 CLAIM: Final = "ipt_bus"
 CACHE_TOKENS: Final = 1_024  # verified tokens remembered (REST calls repeat theirs)
+CLOCK_SKEW_SECONDS: Final = 30  # `nbf`/`iat` this far ahead of the bus's clock still pass
 
 
 class AuthError(ProtocolError):
@@ -166,12 +167,13 @@ class Authenticator:
                 algorithms=[algorithm],
                 audience=keys.audience,
                 issuer=keys.issuer,
+                leeway=CLOCK_SKEW_SECONDS,  # the issuer's clock may run ahead; `exp` is ours below
                 options={"require": ["exp", "sub"], "verify_aud": keys.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired", expired=True) from None
         except jwt.ImmatureSignatureError:
-            raise AuthError("the token is not valid yet (nbf)") from None
+            raise AuthError("the token is not valid yet (nbf or iat in the future)") from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(f"the token has no {exc.claim!r} claim") from None
         except jwt.InvalidAudienceError:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from functools import cache
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from ipt_bus.bus.node import BusHandle
     from ipt_bus.core.auth import Identity
     from ipt_bus.core.config import BusConfig
+
+log = logging.getLogger("ipt_bus.guard")
 
 WILDCARD_HOSTS: Final = ("0.0.0.0", "::", "")  # a bound "any" address
 CORS_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key"
@@ -101,6 +104,7 @@ def authenticate(bus: BusHandle, token: str | None) -> Identity | None:
     except AuthError as exc:
         reason = "missing" if exc.missing else str(exc.code)
         bus.stats.record(Counted(f"auth_failure:{reason}"))
+        log.debug("refused a request: %s", exc.message)  # the message never holds the token
         raise
 
 
