@@ -6,7 +6,7 @@ to core 1. Its WebSocket receivers do not decode events: they split frames and s
 Every workload reports the load generator's CPU use so a saturated generator is visible.
 
     python tools/bench.py [--quick]
-                          [--only fanout,latency,paused,idle,rest,codec,durable,client]
+                          [--only fanout,latency,paused,idle,rest,codec,auth,durable,client]
                           [--json FILE]
 """
 
@@ -33,12 +33,21 @@ import httpx
 import orjson
 import trio
 
+from ipt_bus.core.auth import Grant, make_token
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 PAD = "x" * 250  # brings a published event to ~400 bytes on the wire
 SEQ = re.compile(rb'"seq":(\d+)')
+SECRET = b"bench-secret-" + b"x" * 32  # `auth` workloads: the bus requires HS256 tokens
+
+
+def bench_token() -> str:
+    """A token that may do everything, valid for the whole run."""
+    grant = Grant(publish=("**",), subscribe=("**",), admin=True)
+    return make_token(SECRET, "bench", now=time.time(), ttl_seconds=86_400, grant=grant)
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -76,12 +85,17 @@ STORAGE_ARGS: dict[str, list[str]] = {
 
 
 @contextmanager
-def server(kind: str, port: int, storage: str = "memory") -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    kind: str, port: int, storage: str = "memory", *, auth: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to core 0.
 
-    `storage`: memory, or safe / fast (SQLite in a fresh temporary directory).
+    `storage`: memory, or safe / fast (SQLite in a fresh temporary directory). `auth`: the bus
+    requires tokens signed with `SECRET`.
     """
     data_dir = tempfile.TemporaryDirectory(prefix="ipt-bus-bench-")
+    secret = Path(data_dir.name) / "secret"
+    secret.write_bytes(SECRET)
     if kind == "bus":
         argv = [
             sys.executable,
@@ -95,6 +109,7 @@ def server(kind: str, port: int, storage: str = "memory") -> Iterator[subprocess
             "--data-dir",
             data_dir.name,
             *STORAGE_ARGS[storage],
+            *(["--auth-secret-file", str(secret)] if auth else []),
         ]
     else:
         argv = [sys.executable, str(ROOT / "tools" / "bare_broadcaster.py"), str(port)]
@@ -238,20 +253,23 @@ async def _subscribers(port: int, path: str, n: int) -> list[RawWS]:
 
 
 async def _clients(
-    kind: str, port: int, subscribers: int, batch: bool
+    kind: str, port: int, subscribers: int, batch: bool, auth: bool = False
 ) -> tuple[list[RawWS], RawWS]:
     """Subscribers on the bench topic and one publisher, for the bus or the bare relay."""
     if kind == "bare":
         return await _subscribers(port, "/ws?sub=1", subscribers), await RawWS.connect(port, "/ws")
-    path = "/ws?topics=bench.*" + ("&batch=1" if batch else "")
+    token = f"&token={bench_token()}" if auth else ""
+    path = "/ws?topics=bench.*" + ("&batch=1" if batch else "") + token
     subs = await _subscribers(port, path, subscribers)
-    return subs, await RawWS.connect(port, "/ws?topics=none")
+    return subs, await RawWS.connect(port, "/ws?topics=none" + token)
 
 
-async def fanout(kind: str, subscribers: int, seconds: float, batch: bool) -> dict[str, Any]:
+async def fanout(
+    kind: str, subscribers: int, seconds: float, batch: bool, auth: bool = False
+) -> dict[str, Any]:
     port = free_port()
-    with server(kind, port) as proc:
-        subs, pub = await _clients(kind, port, subscribers, batch)
+    with server(kind, port, auth=auth) as proc:
+        subs, pub = await _clients(kind, port, subscribers, batch, auth)
         delivered = 0
         messages = 0
         gaps = 0
@@ -288,6 +306,7 @@ async def fanout(kind: str, subscribers: int, seconds: float, batch: bool) -> di
             await ws.aclose()
     return {
         "server": kind,
+        "auth": auth,
         "batch": batch,
         "subscribers": subscribers,
         "deliveries_per_s": round(delivered / elapsed),
@@ -448,7 +467,7 @@ async def idle_rss(connections: int) -> dict[str, Any]:
 
 
 async def rest(
-    batch_size: int, clients: int, seconds: float, storage: str = "memory"
+    batch_size: int, clients: int, seconds: float, storage: str = "memory", auth: bool = False
 ) -> dict[str, Any]:
     port = free_port()
     events = [
@@ -456,12 +475,13 @@ async def rest(
         for i in range(batch_size)
     ]
     body = orjson.dumps(events if batch_size > 1 else events[0])
+    authorization = f"Authorization: Bearer {bench_token()}\r\n" if auth else ""
     request = (
         f"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{authorization}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
-    with server("bus", port, storage) as proc:
+    with server("bus", port, storage, auth=auth) as proc:
         done = 0
         errors = 0
         counting = True
@@ -514,6 +534,7 @@ async def rest(
     latencies.sort()
     return {
         "storage": storage,
+        "auth": auth,
         "events_per_request": batch_size,
         "clients": clients,
         "ack_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
@@ -767,6 +788,11 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
         out("rest", await rest(100, 4, seconds))
     if "codec" in only:
         out("codec", codec_micro())
+    if "auth" in only:  # tokens required vs not, interleaved so drift hits both alike
+        for _ in range(2):
+            for auth in (False, True):
+                out("auth_fanout", await fanout("bus", 100, seconds, False, auth))
+                out("auth_rest", await rest(1, 8, seconds, auth=auth))
     if "client" in only:
         for row in await client_speed(100_000 if quick else 300_000):
             out("client", row)
@@ -784,7 +810,9 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
-    parser.add_argument("--only", default="fanout,latency,paused,idle,rest,codec,durable,client")
+    parser.add_argument(
+        "--only", default="fanout,latency,paused,idle,rest,codec,auth,durable,client"
+    )
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args()
     _raise_nofile()

@@ -240,3 +240,55 @@ async def test_integrations_md_file_events_walkthrough(tmp_path: Path) -> None:
             with trio.fail_after(20):
                 while b"file.progress step_done" not in seen:
                     seen += await proc.stdout.receive_some(4096)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_security_md_examples_run(tmp_path: Path) -> None:
+    """The shell block runs in order (its first line makes the secret the bus is started with);
+    the Python block runs against the same bus."""
+    (shell,) = blocks("security.md", "sh")
+    first, *rest = shell.strip().splitlines()
+    await _bash(first, tmp_path)
+    secret = str(tmp_path / "bus.secret")
+    async with running_server(auth_secret_file=secret) as server:
+        for line in rest:
+            command, _, comment = line.partition("  # ")
+            out = await _bash(_local(server, command), tmp_path)
+            if not out:
+                continue  # a token written to a file
+            body = orjson.loads(out)
+            if comment.startswith("error: "):
+                assert body["error"]["code"] == comment.removeprefix("error: "), (line, body)
+            else:
+                assert "error" not in body, (line, body)
+        assert server.bus.log.last_seq == 1
+        (code,) = blocks("security.md", "python")
+        env = {**os.environ, "IPT_BUS_URL": server.url, "BUS_SECRET_FILE": secret}
+        with trio.fail_after(30):
+            await trio.run_process([sys.executable, "-c", code], env=env)
+        assert server.bus.log.last_seq == 3
+    assert len((tmp_path / "dashboard.token").read_text().split(".")) == 3
+
+
+async def test_readme_secure_start_runs(tmp_path: Path) -> None:
+    from ipt_bus.cli import config_from_args
+
+    readme = (DOCS.parent / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL) if "token" in b]
+    make_secret, serve, export = (line.split("  #")[0] for line in block.strip().splitlines())
+    await _bash(make_secret, tmp_path)
+    config = config_from_args(shlex.split(serve)[1:])
+    assert (config.host, config.auth) == ("0.0.0.0", True)
+    async with running_server(auth_secret_file=str(tmp_path / "bus.secret")) as server:
+        out = await _bash(f"{export} && ipt-bus stats --url {server.url}", tmp_path)
+    assert out.startswith("uptime")
+
+
+async def _bash(command: str, cwd: Path) -> str:
+    """One line of a documented shell block, with this venv's `ipt-bus` first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ["bash", "-e", "-c", command], cwd=cwd, env=env, capture_stdout=True
+        )
+    return str(result.stdout.decode())

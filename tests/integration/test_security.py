@@ -249,6 +249,9 @@ async def test_publishing_needs_a_matching_publish_pattern(
         "field": "[1].topic",
     }
     assert (await http.get("/events", headers=ADMIN)).json()["count"] == 0  # all or nothing
+    reader = {**bearer(token(subscribe=["**"])), "Content-Type": "application/json"}
+    answer = await http.post("/events", content=b"{not json", headers=reader)
+    assert answer.status_code == 403  # may publish nothing: refused before it is read
     assert (await http.get("/dlq", headers=ADMIN)).json()["total"] == 0  # not a repair job
     assert (await http.post("/broadcast", json={"a": 1}, headers=writer)).status_code == 403
     legacy = bearer(token(publish=["legacy.*"]))
@@ -262,7 +265,7 @@ async def test_publishing_needs_a_matching_publish_pattern(
         frame = await request(conn, {"action": "publish", "id": 8, "event": event("task.y")})
         assert frame["action"] == "published"  # the connection carries on
     stats = (await http.get("/stats", headers=ADMIN)).json()
-    assert stats["security"]["forbidden"] == 4
+    assert stats["security"]["forbidden"] == 5
 
 
 async def test_dead_letters_and_connections_need_admin(

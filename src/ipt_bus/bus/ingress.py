@@ -6,12 +6,13 @@ own log records. For each, the ingress
 
 1. decodes the events with the source's own decoder, so an error names the source's field
    (``[3].topic`` in a REST array, ``events[3].topic`` in a WebSocket batch);
-2. checks the standard payloads as the validation mode says (strict refuses; warn counts, logs
+2. checks the publisher's token grants every topic (403 `forbidden`: nothing stored, all or
+   nothing for a batch, not a dead letter: an authorization failure is not a repair job; a
+   token that may publish nothing is refused before its body is even decoded);
+3. checks the standard payloads as the validation mode says (strict refuses; warn counts, logs
    and accepts);
-3. keeps what it refuses, and what the log fails to store, as a dead letter (for a retried dead
-   letter: one more failed attempt on that letter);
-4. checks the publisher's token grants every topic (403 `forbidden`: nothing stored, all or
-   nothing for a batch, not a dead letter: an authorization failure is not a repair job);
+4. keeps what it refuses (1, 3), and what the log fails to store, as a dead letter (for a
+   retried dead letter: one more failed attempt on that letter);
 5. takes the events from the publisher's rate (REST is refused past it, 429; a WebSocket is read
    slower);
 6. hands the rest to the router.
@@ -96,19 +97,19 @@ def admit(bus: BusHandle, offer: Offer) -> Sequence[Event]:
     """Decode and check one publish.
 
     Raises:
+        Forbidden: the token does not grant a topic (nothing kept: not a repair job, and a
+            client that may not publish cannot fill the dead letters).
         ProtocolError: the publish is refused; it was kept as a dead letter.
     """
+    identity = offer.origin.identity
+    if identity is not None and not identity.grant.publish:
+        bus.stats.record(Counted("forbidden"))
+        raise Forbidden(f"the token of {identity.sub!r} may not publish", None)
     try:
         events = offer.decode()
-        mode = bus.config.validation
-        problem = schemas.apply_policy(mode, events, offer.field, batch=offer.batch)
     except ProtocolError as exc:
         failed(bus, offer.origin, offer.raw, exc)
         raise
-    if problem is not None:
-        bus.stats.record(Counted("validation_warnings"))
-        log.warning("accepted an event that fails its schema: %s", problem.message)
-    identity = offer.origin.identity
     if identity is not None:
         for i, event in enumerate(events):
             if not identity.grant.may_publish(event.topic):
@@ -118,6 +119,16 @@ def admit(bus: BusHandle, offer: Offer) -> Sequence[Event]:
                     f"the token of {identity.sub!r} may not publish to {event.topic!r}",
                     where.lstrip("."),
                 )
+    try:
+        problem = schemas.apply_policy(
+            bus.config.validation, events, offer.field, batch=offer.batch
+        )
+    except ProtocolError as exc:
+        failed(bus, offer.origin, offer.raw, exc)
+        raise
+    if problem is not None:
+        bus.stats.record(Counted("validation_warnings"))
+        log.warning("accepted an event that fails its schema: %s", problem.message)
     return events
 
 
