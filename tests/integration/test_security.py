@@ -77,7 +77,8 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-ADMIN = bearer(token("ops", publish=["**"], subscribe=["**"], admin=True))
+# a day: made at import, it must outlive a slow run of the whole suite (300 s did not)
+ADMIN = bearer(token("ops", publish=["**"], subscribe=["**"], admin=True, ttl=86_400))
 
 
 @asynccontextmanager
@@ -331,6 +332,26 @@ async def test_the_client_refreshes_its_token_before_it_expires(server: Server) 
         await wait_for(lambda: len(issued) >= 3)  # the connection's, then two refreshes
         await client.publish(Event(type="custom_event", topic="custom.x", payload={}))
     assert len(set(issued)) == len(issued)
+
+
+async def test_a_refused_refresh_ends_in_a_clear_error(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fresh token is refused: the old one runs out (4001), the reconnect is refused."""
+    calls: list[str] = []
+
+    def source() -> str:
+        calls.append(token(subscribe=["**"], ttl=2) if not calls else "garbage")
+        return calls[-1]
+
+    client = EventBusClient(server.url, token=source)
+    try:
+        with trio.fail_after(20), pytest.raises(RequestRefused, match="not a JWT"):
+            await client.listen_async()  # the handshake takes the first token
+    finally:
+        await client.close()
+    assert "the bus refused the fresh token: the token is not a JWT" in caplog.text
+    assert len(calls) == 3  # the handshake, the refresh, the reconnect
 
 
 async def test_refused_clients_are_told_why(server: Server) -> None:

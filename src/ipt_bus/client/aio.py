@@ -312,8 +312,13 @@ class EventBusClient:
             fresh = _common.current_token(self.token)
             if not fresh or fresh == token:
                 return
-            answer = await self._request(Auth(fresh))
-            assert isinstance(answer, Authenticated), answer
+            try:
+                answer = await self._request(Auth(fresh))
+            except PublishRejected as exc:  # the old token stays until the bus closes (4001)
+                log.warning("the bus refused the fresh token: %s", exc.message)
+                return
+            if not isinstance(answer, Authenticated):  # pragma: no cover - the protocol's answer
+                return
             self._token_in_force = fresh
 
     def _ws_url(self) -> str:
