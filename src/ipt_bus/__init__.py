@@ -4,6 +4,7 @@ The server side (`run_bus`, `BusHandle`) is imported on first use, so that `ipt_
 (which runs on asyncio as well as trio) does not load the server, trio and SQLite with it.
 """
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from ipt_bus.core.config import BusConfig as BusConfig
@@ -19,7 +20,10 @@ from ipt_bus.core.errors import StorageError as StorageError
 from ipt_bus.core.model import Event as Event
 from ipt_bus.core.model import Published as Published
 
-__version__ = "0.1.0"
+try:  # one source: the package's metadata (pyproject.toml)
+    __version__ = version("ipt-bus")
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from ipt_bus.bus.node import BusHandle as BusHandle

@@ -1,6 +1,7 @@
-"""The `ipt-bus` command: `serve` runs the bus; `tail`, `publish`, `stats` and `topics` talk to
-one; `token` signs a token for a bus's secret. Exit codes: 0 done (a clean stop), 1 the bus
-failed or could not be reached, 2 bad arguments (or input the bus rejected or refused)."""
+"""The `ipt-bus` command: `serve` runs the bus; `tail`, `publish`, `history`, `dlq`, `stats` and
+`topics` talk to one; `token` signs a token for a bus's secret. Exit codes: 0 done (a clean
+stop), 1 the bus failed or could not be reached, 2 bad arguments (or input the bus rejected or
+refused), 3 `tail --count` timed out."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from ipt_bus.core.auth import Grant, Keys, make_token
 from ipt_bus.core.config import DEFAULT_PORT, BusConfig, parse_duration, parse_origins, parse_size
 from ipt_bus.core.errors import ProtocolError, StartupError
 from ipt_bus.core.topics import validate_pattern
-from ipt_bus.server import Server, serve
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ipt_bus.server import Server
 
 E = TypeVar("E", bound=BaseException)
 
@@ -141,14 +143,43 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("patterns", nargs="*", metavar="PATTERN", help="topic patterns (default: all)")
     t.add_argument("--since", type=int, default=None, help="first replay the log after this seq")
     t.add_argument("--json", action="store_true", help="raw events, one JSON object per line")
+    t.add_argument("-C", "--count", type=_positive_int, default=None, help="exit after N events")
+    t.add_argument(
+        "-W",
+        "--timeout",
+        type=parse_duration,
+        default=None,
+        metavar="SECONDS",
+        help="exit when no event arrived for this long (e.g. 5, 1.5, 2m)",
+    )
     _client_arguments(t)
     p = commands.add_parser("publish", help="publish one event")
     p.add_argument("topic")
     p.add_argument("--type", required=True, dest="type_", metavar="TYPE", help="event type")
-    p.add_argument("--payload", default=None, help="a JSON object, or @FILE (default {})")
+    p.add_argument(
+        "--payload", default=None, help="a JSON object, @FILE, or @- for stdin (default {})"
+    )
     p.add_argument("--source", default=None)
     p.add_argument("--correlation-id", default=None)
     _client_arguments(p)
+    h = commands.add_parser("history", help="print logged events, oldest first (GET /events)")
+    h.add_argument(
+        "--topic", action="append", default=[], metavar="PATTERN", help="topic pattern (repeat)"
+    )
+    h.add_argument("--type", action="append", default=[], dest="type_", help="event type (repeat)")
+    h.add_argument("--correlation-id", default=None)
+    h.add_argument("--from", dest="time_from", default=None, help="timestamp >= (ISO-8601 or Unix)")
+    h.add_argument("--to", dest="time_to", default=None, help="timestamp < (ISO-8601 or Unix)")
+    h.add_argument("--since", type=int, default=None, help="events after this seq (default 0)")
+    h.add_argument("--limit", type=_positive_int, default=None, help="at most N (default: all)")
+    h.add_argument("--json", action="store_true", help="raw events, one JSON object per line")
+    _client_arguments(h)
+    d = commands.add_parser("dlq", help="dead letters: list, retry ID, delete ID")
+    d.add_argument("action", choices=["list", "retry", "delete"])
+    d.add_argument("id", type=int, nargs="?", default=None, help="the dead letter (retry, delete)")
+    d.add_argument("--limit", type=_positive_int, default=None, help="list: at most N")
+    d.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    _client_arguments(d)
     for name, text in (("stats", "the bus's statistics"), ("topics", "topics and their counts")):
         c = commands.add_parser(name, help=text)
         c.add_argument("--json", action="store_true", help="the raw JSON answer")
@@ -168,6 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--audience", default=None, help="aud claim (the bus's --auth-audience)")
     k.add_argument("--issuer", default=None, help="iss claim (the bus's --auth-issuer)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _client_arguments(command: argparse.ArgumentParser) -> None:
@@ -218,26 +259,59 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve_command(args, argv)
+    if args.command == "dlq" and (args.action == "list") != (args.id is None):
+        parser.error("dlq: give an ID to retry or delete, none to list")
     out = sys.stdout
+    try:
+        code = _client_command(args, out)
+        out.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` does
+        client_commands.output_closed(out)
+        return 0
+    return code
+
+
+def _client_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "token":
         return _token(args, out)
-    if args.command != "serve":
-        access = {"token": args.token, "verify": args.cacert or True}
+    access = {"token": args.token, "verify": args.cacert or True}
     match args.command:
         case "tail":
             return client_commands.tail(
-                args.url, args.patterns, args.since, args.json, out, **access
-            )
+                args.url, args.patterns, args.since, args.json, out,
+                count=args.count, idle_timeout=args.timeout, **access,
+            )  # fmt: skip
         case "publish":
             return client_commands.publish(
                 args.url, args.topic, args.type_, args.payload, args.source,
                 args.correlation_id, out, **access,
             )  # fmt: skip
+        case "history":
+            query = client_commands.HistoryQuery(
+                topics=args.topic,
+                types=args.type_,
+                correlation_id=args.correlation_id,
+                time_from=args.time_from,
+                time_to=args.time_to,
+            )
+            return client_commands.history(
+                args.url, query, args.since, args.limit, args.json, out, **access
+            )
+        case "dlq":
+            return client_commands.dlq(
+                args.url, args.action, args.id, args.limit, args.json, out, **access
+            )
         case "stats":
             return client_commands.stats(args.url, args.json, out, **access)
-        case "topics":
+        case _:
             return client_commands.topics(args.url, args.json, out, **access)
+
+
+def _serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -305,6 +379,8 @@ def _leaf(exc: BaseException, kind: type[E]) -> E | None:
 
 
 async def _serve(config: BusConfig) -> None:
+    from ipt_bus.server import serve  # here: the client commands start without the server's
+
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(lambda **kw: serve(config, handle_signals=True, **kw))
         logging.getLogger("ipt_bus").info(

@@ -150,39 +150,25 @@ async def test_client_md_examples_run(tmp_path: Path) -> None:
         topics = {t["topic"]: t["count"] for t in (await _json(server, "/topics"))["topics"]}
     assert topics["custom.deploy"] == 2
     assert topics["custom.analysis"] == 1
-    assert topics["custom.ping"] == 1
+    assert topics["custom.ping"] == 2  # the async example and the plain-loop one
     assert topics["logs.warning"] == 1
 
 
 async def test_cli_md_commands_run(tmp_path: Path) -> None:
     commands = [line for block in blocks("cli.md", "sh") for line in block.strip().splitlines()]
-    assert len(commands) == 6
+    assert len(commands) == 10
     async with running_server(storage="sqlite", data_dir=str(tmp_path)) as server:
-        env = {**os.environ, "IPT_BUS_URL": server.url}
-        outputs = []
-        for command in commands:
-            argv = shlex.split(command)
-            argv[0] = str(Path(sys.executable).parent / "ipt-bus")
-            if argv[1] == "tail":
-                proc = await trio.lowlevel.open_process(argv, env=env, stdout=-1)
-                assert proc.stdout is not None
-                with trio.move_on_after(2):
-                    seen = b""
-                    while seen.count(b"\n") < (2 if "--json" not in argv else 1):
-                        seen += await proc.stdout.receive_some(4096)
-                proc.terminate()
-                await proc.wait()
-                outputs.append(seen.decode())
-                continue
-            with trio.fail_after(20):
-                result = await trio.run_process(argv, env=env, capture_stdout=True)
-            outputs.append(result.stdout.decode())
+        outputs = [await _bash(command, tmp_path, url=server.url) for command in commands]
     assert orjson.loads(outputs[0])["seq"] == 1
+    assert orjson.loads(outputs[1])["seq"] == 2
     assert "task.status task_status_changed" in outputs[2]
     assert "logs.warning log_message" in outputs[2]
     assert orjson.loads(outputs[3].splitlines()[0])["topic"] == "task.status"
-    assert outputs[4].startswith("uptime")
-    assert "task.status" in outputs[5]
+    assert orjson.loads(outputs[4])["seq"] == 1
+    assert "invalid_topic" in outputs[6]
+    assert outputs[7] == ""
+    assert outputs[8].startswith("uptime")
+    assert "task.status" in outputs[9]
 
 
 async def _json(server: Server, path: str) -> Any:
@@ -210,7 +196,7 @@ async def test_integrations_md_python_examples_run(tmp_path: Path) -> None:
                 await trio.run_process([sys.executable, "-c", code], env=env)
         topics = {t["topic"]: t["count"] for t in (await _json(server, "/topics"))["topics"]}
     assert topics["logs.warning"] == 1
-    assert topics["task.status"] == 4
+    assert topics["task.status"] == 6  # two tasks: started, running, completed
     assert topics["cost.budget_warning"] == 1
     assert topics["cost.budget_exhausted"] == 0
     assert topics["tool.degraded"] == 1
@@ -284,11 +270,14 @@ async def test_readme_secure_start_runs(tmp_path: Path) -> None:
     assert out.startswith("uptime")
 
 
-async def _bash(command: str, cwd: Path) -> str:
-    """One line of a documented shell block, with this venv's `ipt-bus` first on PATH."""
+async def _bash(command: str, cwd: Path, *, url: str | None = None) -> str:
+    """One line of a documented shell block, with this venv's `ipt-bus` first on PATH (and
+    `IPT_BUS_URL` set to `url`)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if url is not None:
+        env["IPT_BUS_URL"] = url
     with trio.fail_after(30):
         result = await trio.run_process(
-            ["bash", "-e", "-c", command], cwd=cwd, env=env, capture_stdout=True
+            ["bash", "-e", "-o", "pipefail", "-c", command], cwd=cwd, env=env, capture_stdout=True
         )
     return str(result.stdout.decode())

@@ -168,23 +168,33 @@ async def test_task_run_publishes_the_lifecycle() -> None:
     assert summary == [
         ("task-1", "task.created", None),
         ("task-1", "task.status", "started"),
+        ("task-1", "task.status", "running"),
         ("task-1", "phase.started", None),
         ("task-1", "phase.progress", None),
         ("task-1", "phase.completed", None),
         ("task-1", "task.status", "completed"),
         ("task-2", "task.created", None),
         ("task-2", "task.status", "started"),
+        ("task-2", "task.status", "running"),
         ("task-2", "phase.started", None),
         ("task-2", "phase.failed", None),
         ("task-2", "task.status", "failed"),
         ("task-3", "task.created", None),
         ("task-3", "task.status", "started"),
+        ("task-3", "task.status", "running"),
         ("task-3", "task.status", "completed"),
     ]
-    assert stored[9]["payload"]["error"] == "ValueError: boom"
-    assert stored[10]["payload"]["message"] == "ValueError: boom"
-    assert stored[4]["payload"]["duration_seconds"] >= 0
-    assert stored[3]["payload"]["current_step"] == "mypy"
+    assert stored[11]["payload"]["error"] == "ValueError: boom"
+    assert stored[12]["payload"]["message"] == "ValueError: boom"
+    assert stored[5]["payload"]["duration_seconds"] >= 0
+    assert stored[4]["payload"]["current_step"] == "mypy"
+    # every previous_status is the status published before it, per task
+    last: dict[str, str] = {}
+    for e in stored:
+        if e["topic"] == "task.status":
+            task_id, status = e["payload"]["task_id"], e["payload"]["status"]
+            assert e["payload"]["previous_status"] == last.get(task_id, "pending")
+            last[task_id] = status
 
 
 async def test_cost_tracker_and_tool_monitor() -> None:

@@ -225,7 +225,9 @@ async def test_unknown_path_and_method_are_json(http: httpx.AsyncClient) -> None
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
     wrong = await http.delete("/events")
     assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "method_not_allowed")
-    assert "GET" in wrong.headers["allow"]
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD", "OPTIONS", "POST"}
+    options = await http.options("/events")
+    assert set(options.headers["allow"].split(", ")) == {"GET", "HEAD", "OPTIONS", "POST"}
 
 
 async def test_batch_limit(http: httpx.AsyncClient) -> None:

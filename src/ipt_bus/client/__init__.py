@@ -3,11 +3,13 @@
     from ipt_bus.client import EventBusPublisher, EventBusClient, Event
 
 `EventBusPublisher` publishes synchronously over REST; `EventBusClient` subscribes and publishes
-asynchronously (under asyncio or trio). See docs/client.md.
+asynchronously (under asyncio or trio); `subscribe()` receives events in a plain ``for`` loop.
+See docs/client.md.
 """
 
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
+from ipt_bus.client.sync import Subscription, subscribe
 from ipt_bus.core.errors import (
     BusUnavailable,
     ClientError,
@@ -29,4 +31,6 @@ __all__ = [
     "PublishRejected",
     "RequestRefused",
     "Published",
+    "Subscription",
+    "subscribe",
 ]

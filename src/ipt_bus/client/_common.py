@@ -8,9 +8,11 @@ after an answer that got lost can never store the event twice.
 from __future__ import annotations
 
 import os
+import random
 import ssl
 import uuid
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import jwt
@@ -111,7 +113,8 @@ def publish_request(events: Event | Sequence[Event]) -> tuple[bytes, dict[str, s
 
 
 def published(status: int, content: bytes) -> list[Published] | None:
-    """The answer of a `POST /events`: where the events went, or None to retry.
+    """The answer of a `POST /events`: where the events went, or None to retry (the bus did
+    not take them: overloaded, storage, rate limit).
 
     Raises:
         PublishRejected: a 4xx answer (the error's code, message and field).
@@ -149,9 +152,26 @@ def refused(status: int, content: bytes) -> RequestRefused | None:
 _REFUSALS: Final = {401: "unauthorized", 403: "forbidden", 421: "host_not_allowed"}
 
 
-def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
-    """Seconds before retry number `attempt` (0-based): 0.1, 0.2, 0.4, ... at most `cap`."""
-    return float(min(cap, base * 2**attempt))
+def backoff(attempt: int, base: float = 0.1, cap: float = 2.0, *, at_least: float = 0.0) -> float:
+    """Seconds before retry number `attempt` (0-based): "full jitter", anywhere up to 0.1, 0.2,
+    0.4, ... at most `cap`, so clients cut off together do not come back together; never less
+    than `at_least` (the bus's `Retry-After`)."""
+    return max(at_least, random.uniform(0.0, min(cap, base * 2**attempt)))
+
+
+def retry_after(value: str | None, *, now: float) -> float:
+    """A `Retry-After` header in seconds (delta-seconds or an HTTP date); 0 when absent or
+    unreadable; at most 60 (one retry never waits longer)."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError):
+            return 0.0
+    return min(60.0, max(0.0, seconds))
 
 
 def unreachable(url: str, why: object) -> BusUnavailable:

@@ -64,7 +64,7 @@ from ipt_bus.core.protocol import ClientConversation
 from ipt_bus.core.topics import matches_any, validate_pattern
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup, TaskStatus
 
@@ -107,6 +107,7 @@ class EventBusClient:
             sends the bus a fresh one (`auth`), so a long-lived subscription outlives its tokens.
         verify: for ``https://``/``wss://``: True (the system's CAs), a CA bundle's path, an
             `ssl.SSLContext`, or False.
+        headers: sent with every request and the WebSocket handshake.
     """
 
     def __init__(
@@ -122,8 +123,10 @@ class EventBusClient:
         queue_size: int = 10_000,
         token: _common.TokenSource = None,
         verify: _common.Verify = True,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = _common.bus_url(url)
+        self.headers = dict(headers or {})
         self.token = _common.token_source(token)
         self._verify = verify
         self._token_in_force: str | None = None  # the one the open connection runs on
@@ -238,6 +241,7 @@ class EventBusClient:
                 base_url=self.url,
                 timeout=self.timeout,
                 verify=_common.ssl_context(self._verify),
+                headers=self.headers,
                 auth=_BearerAuth(self),
                 event_hooks={"response": [_read_refusal]},
             )
@@ -285,17 +289,19 @@ class EventBusClient:
                 exc = _single(group)
                 if not isinstance(exc, _DISCONNECTED):
                     raise exc from None
+                wait = 0.0
                 if isinstance(exc, WebSocketUpgradeError):
                     response = exc.response
                     refusal = _common.refused(response.status_code, response.content)
                     if refusal is not None:  # a token, a permission: reconnecting cannot help
                         raise refusal from None
+                    wait = _common.retry_after(response.headers.get("Retry-After"), now=time.time())
                 self._ws = None
                 self._connected = anyio.Event()
                 if not self.reconnect or (not started and attempt >= self.retries):
                     # never connected yet: say so instead of retrying forever in silence
                     raise _common.unreachable(self.url, exc) from None
-                delay = _common.backoff(attempt, cap=5.0)
+                delay = _common.backoff(attempt, cap=5.0, at_least=wait)
                 log.info("connection to %s lost (%s); reconnecting in %.1f s", self.url, exc, delay)
                 attempt += 1
                 await anyio.sleep(delay)
@@ -468,18 +474,20 @@ class EventBusClient:
             headers["Idempotency-Key"] = key
         http = self._client()
         last: object = None
+        wait = 0.0  # the bus's Retry-After
         for attempt in range(self.retries + 1):
             if attempt:
-                await anyio.sleep(_common.backoff(attempt - 1))
+                await anyio.sleep(_common.backoff(attempt - 1, at_least=wait))
             try:
                 response = await http.post("/events", content=body, headers=headers)
             except httpx.TransportError as exc:
-                last = exc
+                last, wait = exc, 0.0
                 continue
             result = _common.published(response.status_code, response.content)
             if result is not None:
                 return result
             last = f"HTTP {response.status_code}"
+            wait = _common.retry_after(response.headers.get("Retry-After"), now=time.time())
         raise _common.unavailable(self.url, self.retries + 1, last)
 
 

@@ -1,18 +1,26 @@
-"""The client side of the `ipt-bus` command: `tail`, `publish`, `stats`, `topics`.
+"""The client side of the `ipt-bus` command: `tail`, `publish`, `history`, `dlq`, `stats`,
+`topics`.
 
-Exit codes: 0 done (for `tail`: stopped with Ctrl-C), 1 the bus could not be reached or failed,
-2 bad arguments, input the bus rejected, or a request it refused (token, permission). Errors are
-one line on stderr. Each command takes the bus's URL, a token (default ``$IPT_BUS_TOKEN``) and,
-for ``https://``, a CA bundle to trust.
+Exit codes: 0 done (for `tail`: stopped with Ctrl-C, `--count` reached, or idle for
+`--timeout`), 1 the bus could not be reached or failed, 2 bad arguments, input the bus rejected,
+or a request it refused (token, permission), 3 `tail --count` timed out first. Errors are one
+line on stderr. Each command takes the bus's URL, a token (default ``$IPT_BUS_TOKEN``) and, for
+``https://``, a CA bundle to trust. Output goes to pipes as to terminals: colour only on a
+terminal and without ``$NO_COLOR``; a reader that goes away (``| head -1``) ends the command
+quietly, as it ends `cat`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import attrs
 import httpx
 import orjson
 import trio
@@ -29,16 +37,14 @@ from ipt_bus.client._common import (
 )
 from ipt_bus.client.aio import EventBusClient
 from ipt_bus.client.publisher import EventBusPublisher
-from ipt_bus.core.codec import event_to_wire
+from ipt_bus.core.codec import event_from_bus, event_to_wire
 from ipt_bus.core.errors import BusUnavailable, HistoryLost, PublishRejected, RequestRefused
 from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from ipt_bus.core.frames import Gap
 
-OK, UNREACHABLE, BAD_INPUT = 0, 1, 2
+OK, UNREACHABLE, BAD_INPUT, TIMED_OUT = 0, 1, 2, 3
 _COLOURS = {"task": 36, "phase": 34, "cost": 33, "tool": 35, "logs": 37, "file": 32}
 _LEVEL_COLOURS = {"logs.error": 31, "logs.warning": 33}
 
@@ -50,6 +56,18 @@ def _fail(message: str, code: int) -> int:
 
 def _unreachable(url: str, exc: object) -> int:
     return _fail(str(unreachable(url, exc)), UNREACHABLE)
+
+
+def output_closed(out: TextIO) -> None:
+    """The reader of `out` went away: drop what is still buffered there (else Python's final
+    flush prints a `BrokenPipeError` at exit)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+
+
+def use_colour(out: TextIO) -> bool:
+    """Colour on a terminal, unless ``$NO_COLOR`` is set (no-color.org)."""
+    return out.isatty() and not os.environ.get("NO_COLOR")
 
 
 # --- tail -----------------------------------------------------------------------------------
@@ -76,18 +94,39 @@ def tail(
     as_json: bool,
     out: TextIO,
     *,
+    count: int | None = None,
+    idle_timeout: float | None = None,
     token: TokenSource = None,
     verify: Verify = True,
 ) -> int:
+    """Print events until Ctrl-C, `count` events, `idle_timeout` seconds with none, or until
+    the reader of `out` goes away."""
     url = bus_url(url)
-    colour = out.isatty() and not as_json
+    colour = use_colour(out) and not as_json
+    stop = trio.CancelScope()
+    shown = 0
+    closed = False
 
     def show(event: Event) -> None:
+        nonlocal shown, closed
+        if stop.cancel_called:  # the rest of a batch after the end
+            return
         if as_json:
             line = orjson.dumps(event_to_wire(event), option=orjson.OPT_UTC_Z).decode()
         else:
             line = format_event(event, colour=colour)
-        print(line, file=out, flush=True)
+        try:
+            print(line, file=out, flush=True)
+        except BrokenPipeError:
+            closed = True
+            output_closed(out)
+            stop.cancel()
+            return
+        shown += 1
+        if count is not None and shown >= count:
+            stop.cancel()
+        elif idle_timeout is not None:
+            stop.deadline = trio.current_time() + idle_timeout
 
     def gap(g: Gap) -> None:
         to = "" if g.to_seq is None else f"..{g.to_seq}"
@@ -99,9 +138,12 @@ def tail(
         )
         client.add_event_handler("**", show)
         client.on_gap(gap)
+        if idle_timeout is not None:
+            stop.deadline = trio.current_time() + idle_timeout
         try:
-            await client.connect_async()
-            await client.listen_async()
+            with stop:
+                await client.connect_async()
+                await client.listen_async()
         except BusUnavailable as exc:
             return _fail(str(exc), UNREACHABLE)
         except RequestRefused as exc:
@@ -109,8 +151,11 @@ def tail(
         except HistoryLost as exc:  # pragma: no cover - on_gap is registered
             return _fail(str(exc), UNREACHABLE)
         finally:
-            await client.close()
-        return OK
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await client.close()
+        if closed or count is None or shown >= count:
+            return OK
+        return _fail(f"{shown} of {count} events arrived before the --timeout", TIMED_OUT)
 
     try:
         return trio.run(run)
@@ -153,11 +198,15 @@ def publish(
 
 
 def _payload(raw: str | None) -> dict[str, Any]:
-    """``--payload '{"a": 1}'`` or ``--payload @file.json``; none: ``{}``."""
+    """``--payload '{"a": 1}'``, ``--payload @file.json`` or ``--payload @-`` (standard input);
+    none: ``{}``."""
     if raw is None:
         return {}
     source = "--payload"
-    if raw.startswith("@"):
+    if raw == "@-":
+        source = "the payload on standard input"
+        raw = sys.stdin.read()
+    elif raw.startswith("@"):
         path = Path(raw[1:])
         source = str(path)
         try:
@@ -173,20 +222,157 @@ def _payload(raw: str | None) -> dict[str, Any]:
     return value
 
 
-# --- stats and topics -----------------------------------------------------------------------
+# --- requests -------------------------------------------------------------------------------
+
+
+def _client(url: str, token: TokenSource, verify: Verify) -> httpx.Client:
+    headers = auth_headers(token_source(token))
+    return httpx.Client(base_url=url, timeout=10, headers=headers, verify=ssl_context(verify))
+
+
+def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """One request; its JSON answer (None when it has no body). Raises `RequestRefused` (a
+    4xx) or `httpx.HTTPError`."""
+    response = http.request(method, path, **kwargs)
+    refusal = refused(response.status_code, response.content)
+    if refusal is not None:
+        raise refusal
+    response.raise_for_status()
+    return response.json() if response.content else None
 
 
 def _get(url: str, path: str, token: TokenSource, verify: Verify) -> Any:
-    """GET `path` as JSON. Raises `RequestRefused` (a 4xx) or `httpx.HTTPError`."""
-    headers = auth_headers(token_source(token))
-    context = ssl_context(verify)
-    with httpx.Client(base_url=url, timeout=10, headers=headers, verify=context) as http:
-        response = http.get(path)
-        refusal = refused(response.status_code, response.content)
-        if refusal is not None:
-            raise refusal
-        response.raise_for_status()
-        return response.json()
+    with _client(url, token, verify) as http:
+        return _call(http, "GET", path)
+
+
+# --- history and dead letters ---------------------------------------------------------------
+
+
+@attrs.frozen
+class HistoryQuery:
+    """The filters of `GET /events` (docs/rest.md), as `ipt-bus history` takes them."""
+
+    topics: Sequence[str] = ()
+    types: Sequence[str] = ()
+    correlation_id: str | None = None
+    time_from: str | None = None
+    time_to: str | None = None
+
+    def params(self) -> list[tuple[str, str]]:
+        params = [("topic", t) for t in self.topics] + [("type", t) for t in self.types]
+        for name, value in (
+            ("correlation_id", self.correlation_id),
+            ("from", self.time_from),
+            ("to", self.time_to),
+        ):
+            if value is not None:
+                params.append((name, value))
+        return params
+
+
+def history(
+    url: str | None,
+    query: HistoryQuery,
+    since: int | None,
+    limit: int | None,
+    as_json: bool,
+    out: TextIO,
+    *,
+    token: TokenSource = None,
+    verify: Verify = True,
+) -> int:
+    """Print the logged events after `since` (default: from the start), oldest first, page by
+    page, up to `limit` (default: all of them)."""
+    url = bus_url(url)
+    colour = use_colour(out) and not as_json
+    cursor, epoch, left = since or 0, None, limit
+    try:
+        with _client(url, token, verify) as http:
+            while left is None or left > 0:
+                page = 1000 if left is None else min(1000, left)
+                params = [*query.params(), ("since", str(cursor)), ("limit", str(page))]
+                if epoch is not None:
+                    params.append(("epoch", epoch))
+                body = _call(http, "GET", "/events", params=params)
+                for gap in body.get("gaps", ()):
+                    to = "" if gap.get("to_seq") is None else f"..{gap['to_seq']}"
+                    reason = gap["reason"]
+                    print(f"ipt-bus: events {gap['from_seq']}{to} are not in the log ({reason})",
+                          file=sys.stderr)  # fmt: skip
+                for wire in body["events"]:
+                    if as_json:
+                        print(orjson.dumps(wire).decode(), file=out)
+                    else:
+                        print(format_event(event_from_bus(wire), colour=colour), file=out)
+                cursor, epoch = body["next"], body["epoch"]
+                if left is not None:
+                    left -= body["count"]
+                if body["count"] < body["limit"]:  # the page reached the end of the log
+                    break
+    except RequestRefused as exc:
+        return _fail(str(exc), BAD_INPUT)
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc)
+    return OK
+
+
+def dlq(
+    url: str | None,
+    action: str,
+    letter_id: int | None,
+    limit: int | None,
+    as_json: bool,
+    out: TextIO,
+    *,
+    token: TokenSource = None,
+    verify: Verify = True,
+) -> int:
+    """`list` the dead letters (all, or the first `limit`), `retry` or `delete` one."""
+    url = bus_url(url)
+    try:
+        with _client(url, token, verify) as http:
+            if action == "retry":
+                answer = _call(http, "POST", f"/dlq/{letter_id}/retry", json={})
+                print(orjson.dumps(answer).decode(), file=out)
+            elif action == "delete":
+                _call(http, "DELETE", f"/dlq/{letter_id}")
+            else:
+                _list_dead_letters(http, limit, as_json, out)
+    except RequestRefused as exc:
+        return _fail(str(exc), BAD_INPUT)
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc)
+    return OK
+
+
+def _list_dead_letters(http: httpx.Client, limit: int | None, as_json: bool, out: TextIO) -> None:
+    after, left = 0, limit
+    header = not as_json
+    while left is None or left > 0:
+        page = 1000 if left is None else min(1000, left)
+        body = _call(http, "GET", "/dlq", params={"after": after, "limit": page})
+        if header:
+            print(f"{'ID':>6}  {'AT':<24}  {'SOURCE':<9}  {'TRIES':>5}  ERROR", file=out)
+            header = False
+        for letter in body["dead_letters"]:
+            if as_json:
+                print(orjson.dumps(letter).decode(), file=out)
+                continue
+            error = f"{letter['error']['code']}: {letter['error']['message']}"
+            print(
+                f"{letter['id']:>6}  {letter['at']:<24}  {letter['source']:<9}  "
+                f"{letter['attempts']:>5}  {error[:120]}",
+                file=out,
+            )
+        if not body["count"]:
+            break
+        after = body["next"]
+        if left is not None:
+            left -= body["count"]
+
+
+# --- stats and topics -----------------------------------------------------------------------
 
 
 def stats(

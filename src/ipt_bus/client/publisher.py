@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from ipt_bus.client import _common, events
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ipt_bus.core.model import Event, Published
 
@@ -47,11 +47,13 @@ class EventBusPublisher:
     Args:
         url: the bus (default ``$IPT_BUS_URL``, else ``http://127.0.0.1:8765``).
         timeout: seconds for each HTTP request.
-        retries: further attempts when the bus is unreachable or answers 503/507.
+        retries: further attempts when the bus is unreachable or answers 503/507/429 (after
+            a jittered backoff, never sooner than its Retry-After).
         token: a token, or a callable returning a fresh one for each request (default
             ``$IPT_BUS_TOKEN``), sent as ``Authorization: Bearer``.
         verify: for ``https://``: True (the system's CAs), a CA bundle's path, an
             `ssl.SSLContext`, or False.
+        headers: sent with every request (a proxy's own credentials, a tracing header).
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class EventBusPublisher:
         retries: int = 3,
         token: _common.TokenSource = None,
         verify: _common.Verify = True,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = _common.bus_url(url)
+        self.headers = dict(headers or {})
         self.token = _common.token_source(token)
         self._verify = verify
         self.retries = retries
@@ -89,14 +93,15 @@ class EventBusPublisher:
     def _post(self, events: Event | list[Event]) -> list[Published]:
         body, headers = _common.publish_request(events)  # one key for every attempt
         last: object = None
+        wait = 0.0  # the bus's Retry-After
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(_common.backoff(attempt - 1))
+                time.sleep(_common.backoff(attempt - 1, at_least=wait))
             try:
-                status, content = self._request(body, headers)
+                status, content, wait = self._request(body, headers)
             except (OSError, http.client.HTTPException) as exc:
                 self.close()  # a broken keep-alive connection: the next attempt opens anew
-                last = exc
+                last, wait = exc, 0.0
                 continue
             result = _common.published(status, content)
             if result is not None:
@@ -104,7 +109,8 @@ class EventBusPublisher:
             last = f"HTTP {status}"
         raise _common.unavailable(self.url, self.retries + 1, last)
 
-    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, float]:
+        """Status, body and Retry-After (seconds) of one `POST /events`."""
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -116,10 +122,11 @@ class EventBusPublisher:
                 else:
                     conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
                 self._conn = conn
-            headers = headers | _common.auth_headers(self.token)
+            headers = self.headers | headers | _common.auth_headers(self.token)
             conn.request("POST", f"{self._prefix}/events", body, headers)
             response = conn.getresponse()
-            return response.status, response.read()
+            wait = _common.retry_after(response.getheader("Retry-After"), now=time.time())
+            return response.status, response.read(), wait
 
     def close(self) -> None:
         with self._lock:

@@ -227,6 +227,7 @@ RETRYABLE: Final = frozenset(
         ErrorCode.SHUTTING_DOWN,
         ErrorCode.STORAGE_UNAVAILABLE,
         ErrorCode.STORAGE_FULL,
+        ErrorCode.RATE_LIMITED,
     }
 )
 """Codes of refusals that may succeed when retried (the bus did not take the events)."""

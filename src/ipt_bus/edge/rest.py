@@ -448,6 +448,10 @@ async def ws_without_upgrade() -> Response:
     )
 
 
+async def _answered_before_quart() -> Response:  # pragma: no cover - BusApp answers first
+    raise AssertionError("POST /events is answered by rest.post_events")
+
+
 _HTTP_CODES: Final = {
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
@@ -495,6 +499,8 @@ def register(app: QuartTrio) -> None:
         "/ws", view_func=ws_without_upgrade, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]
     )
     app.add_url_rule("/events", view_func=get_events, methods=["GET"])
+    # answered before Quart (BusApp); listed so that a 405's `Allow` and OPTIONS name POST
+    app.add_url_rule("/events", "post_events", view_func=_answered_before_quart, methods=["POST"])
     app.add_url_rule("/broadcast", view_func=post_broadcast, methods=["POST"])
     app.add_url_rule("/topics", view_func=get_topics, methods=["GET"])
     app.add_url_rule("/schemas", view_func=get_schemas, methods=["GET"])

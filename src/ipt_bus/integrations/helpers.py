@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 class TaskRun(contextlib.ContextDecorator):
     """A task's lifecycle on the bus, as a context manager or a decorator.
 
-    On entry: `task.created`, then `task.status` started. On exit: `task.status` completed, or
-    failed with the error (which is not swallowed); both carry `duration_seconds`. `phase()`
+    On entry: `task.created`, then `task.status` started (from pending) and running (from
+    started). On exit: `task.status` completed, or failed with the error (which is not
+    swallowed), from running; both carry `duration_seconds`. Every `previous_status` is the
+    status published before it, so a consumer can follow the transitions. `phase()`
     wraps a phase the same way, `progress()` reports within the current phase.
 
         with TaskRun("task-123", workflow="PY_EDIT_TRIAGE") as task:
@@ -62,6 +64,14 @@ class TaskRun(contextlib.ContextDecorator):
             correlation_id=cid,
         )
         self.publisher.publish(started)
+        running = events.task_status(
+            self.task_id,
+            "running",
+            previous_status="started",
+            workflow=workflow,
+            correlation_id=cid,
+        )
+        self.publisher.publish(running)
         return self
 
     def __exit__(
