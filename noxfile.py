@@ -1,10 +1,10 @@
-"""Test, lint and benchmark sessions. A bare `nox` runs tests, lint and typecheck."""
+"""Test, lint and benchmark sessions. A bare `nox` runs tests, lint, typecheck and contract."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "contract"]
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -40,6 +40,14 @@ def repeat(session: nox.Session) -> None:
         "tests/integration/test_durable.py::test_resume_during_live_traffic_is_gapless_and_duplicate_free",
         env={"IPT_BUS_REPEAT": session.posargs[0] if session.posargs else "50"},
     )
+
+
+@nox.session
+def contract(session: nox.Session) -> None:
+    """schemathesis against live buses (open and with tokens): no server error, nothing that
+    contradicts /openapi.json (tools/contract.py; about 1.5 minutes)."""
+    session.install("-e", ".", "schemathesis>=4.0")
+    session.run("python", "tools/contract.py", *session.posargs)
 
 
 @nox.session

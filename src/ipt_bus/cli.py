@@ -131,6 +131,25 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated Host names served besides loopback and --host ('*': any)",
     )
+    observe = s.add_argument_group("observability (docs/observability.md)")
+    observe.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=None,
+        help="serve /metrics without a token when tokens are required",
+    )
+    observe.add_argument(
+        "--metrics-topics",
+        type=int,
+        default=None,
+        help="topics with their own /metrics series (the busiest; default 100)",
+    )
+    observe.add_argument(
+        "--max-tracked-topics",
+        type=int,
+        default=None,
+        help="topics whose counts /stats and /topics keep (default 10000)",
+    )
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     s.add_argument(
         "--log-to-bus",
@@ -255,6 +274,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         certfile=args.certfile,
         keyfile=args.keyfile,
         allowed_hosts=None if args.allowed_hosts is None else parse_origins(args.allowed_hosts),
+        metrics_public=args.metrics_public,
+        metrics_topics=args.metrics_topics,
+        max_tracked_topics=args.max_tracked_topics,
     )
 
 

@@ -1,5 +1,5 @@
 """Memory a client can grow stays bounded, measured on `ipt-bus serve` in its own process
-(issue 11: idempotency keys, subscriptions)."""
+(issue 11: idempotency keys, subscriptions; issue 14: a topic per event, dead letters)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,56 @@ async def test_the_worst_subscriptions_a_connection_may_hold_fit_the_budget(
         per_connection = (served.rss() - before) / SUBSCRIBERS
         print(f"worst-case subscriptions: {per_connection / 1024:.1f} KiB per connection")
         assert per_connection <= SUBSCRIPTION_BUDGET_BYTES
+
+
+async def _post_all(served: Served, bodies: list[bytes], *, expect: int, tasks: int = 8) -> None:
+    """POST every body to /events from `tasks` clients at once, each answered `expect`."""
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+
+        async def worker(mine: list[bytes]) -> None:
+            for body in mine:
+                response = await http.post(
+                    "/events", content=body, headers={"Content-Type": "application/json"}
+                )
+                assert response.status_code == expect, response.text
+
+        async with trio.open_nursery() as nursery:
+            for t in range(tasks):
+                nursery.start_soon(worker, bodies[t::tasks])
+
+
+async def test_a_topic_per_event_keeps_memory_flat(served: Served) -> None:
+    """Issue 14: 60,000 unique topics (`task.<uuid>.status`) grow the bus by < 50 MB; /topics
+    and the router's route cache keep at most their bound."""
+    topics = [f"task.{uuid.uuid4()}.status" for _ in range(60_000)]
+    bodies = [
+        orjson.dumps([{"type": "t", "topic": t, "payload": {}} for t in topics[i : i + 1000]])
+        for i in range(0, len(topics), 1000)
+    ]
+    before = served.rss()
+    await _post_all(served, bodies, expect=201, tasks=2)
+    growth = served.rss() - before
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+        body = (await http.get("/topics")).json()
+    unique = [t for t in body["topics"] if t["topic"].startswith("task.") and not t["standard"]]
+    print(f"60,000 unique topics: RSS +{growth / MiB:.1f} MB, {len(unique)} listed")
+    assert len(unique) <= 10_000
+    assert body["tracked"]["held"] <= 10_000
+    assert body["tracked"]["evicted"] >= 50_000
+    assert growth < 50 * MiB, f"RSS grew {growth / MiB:.1f} MB"
+
+
+async def test_a_flood_of_dead_letters_keeps_memory_flat(served: Served) -> None:
+    """Past `dlq_max_entries` (10,000) the oldest dead letters go: more refused publishes do not
+    grow the bus."""
+    bad = [orjson.dumps({"type": "t", "topic": f"bad..{n}", "payload": {"pad": "x" * 500}})
+           for n in range(11_000)]  # fmt: skip
+    await _post_all(served, bad, expect=400)  # past the bound
+    before = served.rss()
+    await _post_all(served, bad, expect=400)
+    growth = served.rss() - before
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+        total = (await http.get("/dlq", params={"limit": 1})).json()["total"]
+    print(f"dead-letter flood: RSS +{growth / MiB:.1f} MB past the bound, {total} held")
+    assert total == 10_000
+    assert growth < 8 * MiB, f"RSS grew {growth / MiB:.1f} MB past the bound"

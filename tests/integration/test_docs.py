@@ -82,6 +82,9 @@ async def test_rest_md_commands_run(tmp_path: Path) -> None:
             if comment.startswith("204"):
                 assert result.stdout == b"", (command, result.stdout)
                 continue
+            if comment.startswith("text"):  # the Prometheus format
+                assert b"\nipt_bus_deliveries_total " in result.stdout, (command, result.stdout)
+                continue
             body = orjson.loads(result.stdout)
             if comment.startswith("error: "):
                 expected = comment.removeprefix("error: ").split()[0]

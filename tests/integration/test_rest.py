@@ -50,6 +50,7 @@ async def test_spec_rest_queries(http: httpx.AsyncClient) -> None:
         "description": "New task creation events",
         "count": 0,
         "last_seen": None,
+        "subscribers": 0,
     }
     # curl http://127.0.0.1:8765/stats
     stats = (await http.get("/stats")).json()

@@ -28,7 +28,7 @@ from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.bus.node import BusHandle
 from ipt_bus.bus.outbox import Missed, Outbox
 from ipt_bus.bus.router import Answer, Peer, wait_published
-from ipt_bus.bus.stats import Closed, Counted, Latency, Opened
+from ipt_bus.bus.stats import Closed, Counted, Delivered, Histogram, Opened, PublishDuration
 from ipt_bus.core import codec
 from ipt_bus.core.auth import Forbidden, Identity
 from ipt_bus.core.errors import (
@@ -101,15 +101,16 @@ class _Pipeline:
     reader; `answers` holds twice that, so the router's `send_nowait` of an answer never fails.
     """
 
-    in_flight: trio.MemorySendChannel[tuple[Publish, int]]
-    in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int]]
+    # the frame, its answer's token, when it arrived (trio clock)
+    in_flight: trio.MemorySendChannel[tuple[Publish, int, float]]
+    in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int, float]]
     answers: trio.MemorySendChannel[Answer]
     answers_rx: trio.MemoryReceiveChannel[Answer]
     token: int = 0
 
     @classmethod
     def open(cls, size: int) -> _Pipeline:
-        in_flight, in_flight_rx = trio.open_memory_channel[tuple[Publish, int]](size)
+        in_flight, in_flight_rx = trio.open_memory_channel[tuple[Publish, int, float]](size)
         answers, answers_rx = trio.open_memory_channel[Answer](2 * size + 4)
         return cls(in_flight, in_flight_rx, answers, answers_rx)
 
@@ -150,6 +151,9 @@ class Connection:
     _pipeline: _Pipeline | None = None  # made on the first publish: most subscribers never do
     _nursery: trio.Nursery | None = None
     _last_sample: float = -1.0
+    # writes not yet reported to the stats actor (reported with each latency sample, and last)
+    _delivery: Histogram = attrs.field(factory=Histogram)
+    _delivered: int = 0
     _frame_tokens: tuple[float, float] = (0.0, -math.inf)  # (tokens, trio time): see _throttle
     _refreshed: trio.Event = attrs.field(factory=trio.Event)  # set by `auth`
     close_code: int = int(CloseCode.GOING_AWAY)
@@ -222,8 +226,14 @@ class Connection:
             with trio.move_on_after(CLOSE_WRITE_SECONDS):
                 with contextlib.suppress(Disconnected):
                     await self._ws.close(self.close_code)
+        self._report_deliveries(None)
         bus.stats.record(Closed(self.conn_id, self.close_code))
         return self.close_code
+
+    def _report_deliveries(self, sample: float | None) -> None:
+        if self._delivered or sample is not None:
+            self._bus.stats.record(Delivered(self._delivered, self._delivery, sample))
+            self._delivery, self._delivered = Histogram(), 0
 
     def _resume_point(self) -> tuple[int | None, list[bytes]]:
         """Where a `since=` resume starts reading, and what to tell the client first (a `gap`
@@ -280,6 +290,7 @@ class Connection:
             await self._reply(self._conversation.refused(frame.id, exc))
 
     async def _publish(self, frame: Publish, *, small: bool) -> None:
+        received = trio.current_time()
         cfg = self._bus.config
         max_bytes = None if small else cfg.max_event_bytes
 
@@ -314,14 +325,15 @@ class Connection:
             self._conversation.withdrawn(token)
             raise
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
-        await pipeline.in_flight.send((frame, token))
+        await pipeline.in_flight.send((frame, token, received))
 
     async def _acker(self, pipeline: _Pipeline) -> None:
         timeout = self._bus.config.publish_timeout_seconds
-        async for frame, token in pipeline.in_flight_rx:
+        async for frame, token, received in pipeline.in_flight_rx:
             result: list[Published] | BusError
             try:
                 result = await pipeline.answer_for(token, timeout)
+                self._bus.stats.record(PublishDuration(trio.current_time() - received))
             except BusError as exc:
                 if isinstance(exc, StorageError):
                     ingress.failed(self._bus, self._origin, partial(_raw, frame), exc)
@@ -419,11 +431,14 @@ class Connection:
                     await self._catch_up(taken.missed)
                 else:
                     outbox.wrote(taken.upto, len(taken.events))
+                self._delivered += len(taken.events)
                 if taken.oldest_accepted_at is not None:
                     now = trio.current_time()
+                    latency = now - taken.oldest_accepted_at
+                    self._delivery.observe(latency)
                     if now - self._last_sample >= LATENCY_SAMPLE_SECONDS:
                         self._last_sample = now
-                        self._bus.stats.record(Latency(now - taken.oldest_accepted_at))
+                        self._report_deliveries(latency)
         except Disconnected as exc:
             outbox.close(-exc.code)
 

@@ -160,7 +160,9 @@ async def run_bus(
     handle: BusHandle | None = None
     try:
         async with trio.open_nursery() as nursery:
-            stats = await start_stats(nursery, inbox_size=65_536)
+            stats = await start_stats(
+                nursery, inbox_size=65_536, max_topics=config.max_tracked_topics
+            )
             router = await start_router(
                 nursery,
                 event_log,
@@ -170,6 +172,7 @@ async def run_bus(
                 max_subscription_bytes=config.max_subscription_bytes,
                 max_connections=config.max_connections,
                 max_per_identity=config.max_connections_per_identity,
+                route_cache_topics=config.route_cache_topics,
             )
             retention = trio.CancelScope()
 

@@ -98,6 +98,7 @@ class Router:
     _max_subscription_bytes: int = 8 * 1024
     _max_connections: int = 10_000
     _max_per_identity: int | None = None
+    _route_cache_topics: int = 10_000  # a topic per event must not grow `_targets` for ever
     _per_identity: Counter[str] = attrs.field(factory=Counter)
     _next_id: ConnId = 1
     _batch_connections: int = 0  # attached connections with batching on
@@ -214,6 +215,8 @@ class Router:
                 targets = self._targets.get(topic)
                 if targets is None:
                     targets = tuple(self._outboxes[c] for c in self._index.lookup(topic))
+                    if len(self._targets) >= self._route_cache_topics:
+                        self._targets.clear()  # rebuilt lazily, as after any (un)subscribe
                     self._targets[topic] = targets
                 data = record.data
                 seq = record.seq
@@ -334,6 +337,10 @@ class Router:
 
     def statistics_batch(self) -> int:
         return self._batch_connections
+
+    def subscribers(self, topic: str) -> int:
+        """How many connections hold a pattern that matches `topic` (presence)."""
+        return len(self._index.lookup(topic))
 
     def connections(self, offset: int, limit: int) -> list[ConnectionView]:
         """The attached connections in the order they came, `limit` of them from `offset`."""
@@ -559,6 +566,10 @@ class RouterHandle:
     def connections(self, offset: int = 0, limit: int = 100) -> list[ConnectionView]:
         return self._router.connections(offset, limit)
 
+    def subscribers(self, topic: str) -> int:
+        """How many connections subscribe to `topic` now."""
+        return self._router.subscribers(topic)
+
     async def wait_idle(self) -> None:
         """Wait until no connection is attached."""
         await self._router.wait_connections(0)
@@ -578,11 +589,18 @@ async def start_router(
     max_subscription_bytes: int = 8 * 1024,
     max_connections: int = 10_000,
     max_per_identity: int | None = None,
+    route_cache_topics: int = 10_000,
 ) -> RouterHandle:
     """Start the router in `nursery`; `RouterHandle.close` stops it."""
     send, receive = trio.open_memory_channel[RouterCommand](inbox_size)
     router = Router(
-        log, stats, max_subscriptions, max_subscription_bytes, max_connections, max_per_identity
+        log,
+        stats,
+        max_subscriptions,
+        max_subscription_bytes,
+        max_connections,
+        max_per_identity,
+        route_cache_topics,
     )
     await nursery.start(router.run, receive)
     return RouterHandle(send, router)

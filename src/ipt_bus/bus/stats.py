@@ -5,21 +5,54 @@ Producers send deltas with `send_nowait` (never waiting on stats); the router se
 is sampled (at most one sample per connection per write). A full inbox (65,536 deltas waiting)
 loses the delta, whatever it is (a sample or a count), and the loss itself is counted and shown
 (`/stats` → `stats_samples_lost`): the counters are exact as long as that stays 0.
+
+Per-topic counts are kept for at most `max_topics` topics, the least recently seen evicted (and
+counted): a publisher that invents a topic per event must not grow the bus without bound. The
+histograms (delivery latency, publish duration) are cumulative bucket counts for `/metrics`.
 """
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from typing import Any, Final
 
 import attrs
 import trio
 
 LATENCY_SAMPLES: Final = 10_000
+MAX_TRACKED_TOPICS: Final = 10_000
+BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Histogram bucket bounds (seconds), from half a millisecond to the publish timeout."""
 RATE_WINDOW_SECONDS: Final = 10
 STABILITY_WINDOW_SECONDS: Final = 60
+
+
+@attrs.define
+class Histogram:
+    """Cumulative counts per bucket of `BUCKETS` (plus +Inf), their sum and count."""
+
+    counts: list[int] = attrs.field(factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def add(self, other: Histogram) -> None:
+        for i, n in enumerate(other.counts):
+            self.counts[i] += n
+        self.total += other.total
+
+    def export(self) -> dict[str, Any]:
+        """``{"buckets": [[le, cumulative], ...], "sum": s, "count": n}`` (le "+Inf" last)."""
+        running, buckets = 0, []
+        for bound, n in zip((*BUCKETS, "+Inf"), self.counts, strict=True):
+            running += n
+            buckets.append([bound, running])
+        return {"buckets": buckets, "sum": self.total, "count": running}
 
 
 @attrs.frozen
@@ -48,7 +81,20 @@ class Counted:
 
 
 @attrs.frozen
-class Latency:
+class Delivered:
+    """A connection's writes since it last reported: `events` written, the histogram of each
+    write's latency (its oldest event, from accepted by the log to written to the socket), and
+    one of them as a sample for `/stats` percentiles."""
+
+    events: int
+    latency: Histogram
+    sample: float | None
+
+
+@attrs.frozen
+class PublishDuration:
+    """A publish: from its request's arrival to its acknowledgement."""
+
     seconds: float
 
 
@@ -73,7 +119,17 @@ class Snapshot:
     reply: trio.MemorySendChannel[dict[str, Any]]
 
 
-StatsCommand = Accepted | Dropped | Counted | Latency | Opened | Closed | Refused | Snapshot
+StatsCommand = (
+    Accepted
+    | Dropped
+    | Counted
+    | Delivered
+    | PublishDuration
+    | Opened
+    | Closed
+    | Refused
+    | Snapshot
+)
 
 
 @attrs.define
@@ -87,14 +143,19 @@ class _Churn:
 
 @attrs.define
 class Stats:
+    max_topics: int = MAX_TRACKED_TOPICS
     _started: float = attrs.field(factory=time.monotonic)
     _total: int = 0
-    _per_topic: Counter[str] = attrs.field(factory=Counter)
-    _last_seen: dict[str, float] = attrs.field(factory=dict)
+    _deliveries: int = 0
+    # topic -> [count, last seen (Unix time)], least recently seen first
+    _topics: OrderedDict[str, list[float]] = attrs.field(factory=OrderedDict)
+    _topics_evicted: int = 0
     _per_second: deque[tuple[int, int]] = attrs.field(factory=deque)  # (second, count)
     _dropped: Counter[str] = attrs.field(factory=Counter)
     _counts: Counter[str] = attrs.field(factory=Counter)
     _latency: deque[float] = attrs.field(factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    _delivery: Histogram = attrs.field(factory=Histogram)
+    _publishing: Histogram = attrs.field(factory=Histogram)
     _open: dict[int, float] = attrs.field(factory=dict)  # conn_id -> opened (monotonic)
     # per second, not per connection: a storm of any rate costs at most a minute of seconds
     _churn: deque[_Churn] = attrs.field(factory=deque)
@@ -106,9 +167,7 @@ class Stats:
         match command:
             case Accepted(count=count, per_topic=per_topic, wall_time=wall):
                 self._total += count
-                self._per_topic.update(per_topic)
-                for topic in per_topic:
-                    self._last_seen[topic] = wall
+                self._count_topics(per_topic, wall)
                 second = int(now)
                 if self._per_second and self._per_second[-1][0] == second:
                     self._per_second[-1] = (second, self._per_second[-1][1] + count)
@@ -120,8 +179,13 @@ class Stats:
                 self._dropped[reason] += count
             case Counted(name=name, count=count):
                 self._counts[name] += count
-            case Latency(seconds=seconds):
-                self._latency.append(seconds)
+            case Delivered(events=events, latency=latency, sample=sample):
+                self._deliveries += events
+                self._delivery.add(latency)
+                if sample is not None:
+                    self._latency.append(sample)
+            case PublishDuration(seconds=seconds):
+                self._publishing.observe(seconds)
             case Opened(conn_id=conn_id):
                 self._open[conn_id] = now
                 self._this_second(now).opens += 1
@@ -133,6 +197,20 @@ class Stats:
                 self._refused[reason] += 1
             case Snapshot():
                 raise AssertionError("snapshots are answered by run()")
+
+    def _count_topics(self, per_topic: dict[str, int], wall: float) -> None:
+        topics = self._topics
+        for topic, n in per_topic.items():
+            seen = topics.get(topic)
+            if seen is None:
+                topics[topic] = [n, wall]
+                if len(topics) > self.max_topics:
+                    topics.popitem(last=False)
+                    self._topics_evicted += 1
+            else:
+                seen[0] += n
+                seen[1] = wall
+                topics.move_to_end(topic)
 
     def _this_second(self, now: float) -> _Churn:
         second = int(now)
@@ -152,9 +230,16 @@ class Stats:
         ages = sorted(now - t for t in self._open.values())
         minute = [c for c in self._churn if c.second > second - STABILITY_WINDOW_SECONDS]
         closes_by_code: Counter[int] = sum((c.closes for c in minute), Counter())
+        counts = Counter({t: int(seen[0]) for t, seen in self._topics.items()})
         return {
             "total_events": self._total,
-            "events_per_topic": dict(self._per_topic),
+            "deliveries": self._deliveries + self._counts.get("catch_up_events", 0),
+            "events_per_topic": dict(counts),
+            "topics_tracked": {
+                "held": len(self._topics),
+                "max": self.max_topics,
+                "evicted": self._topics_evicted,
+            },
             "active_connections": len(self._open),
             "events_per_second": {
                 "last_10s": round(recent / window, 3),
@@ -165,6 +250,10 @@ class Stats:
                 "p50": _ms(_quantile(samples, 0.50)),
                 "p99": _ms(_quantile(samples, 0.99)),
                 "samples": len(samples),
+            },
+            "histograms": {
+                "delivery_latency_seconds": self._delivery.export(),
+                "publish_duration_seconds": self._publishing.export(),
             },
             "events_dropped": {
                 "total": sum(self._dropped.values()),
@@ -188,13 +277,13 @@ class Stats:
                 },
                 **{k: self._counts.get(k, 0) for k in SECURITY_COUNTS},
             },
-            "top_topics": [{"topic": t, "count": c} for t, c in self._per_topic.most_common(10)],
+            "top_topics": [{"topic": t, "count": c} for t, c in counts.most_common(10)],
             "uptime_seconds": round(uptime, 3),
         }
 
     def topics(self) -> dict[str, tuple[int, float]]:
-        """Every topic seen: (count, last seen as a Unix time)."""
-        return {t: (c, self._last_seen[t]) for t, c in self._per_topic.items()}
+        """Every topic tracked: (count, last seen as a Unix time)."""
+        return {t: (int(seen[0]), seen[1]) for t, seen in self._topics.items()}
 
     async def run(
         self,
@@ -257,9 +346,11 @@ class StatsHandle:
         return snap
 
 
-async def start_stats(nursery: trio.Nursery, inbox_size: int) -> StatsHandle:
+async def start_stats(
+    nursery: trio.Nursery, inbox_size: int, *, max_topics: int = MAX_TRACKED_TOPICS
+) -> StatsHandle:
     """Start the stats actor in `nursery`; closing the handle's channel stops it."""
     send, receive = trio.open_memory_channel[StatsCommand](inbox_size)
-    stats = Stats()
+    stats = Stats(max_topics=max_topics)
     await nursery.start(stats.run, receive)
     return StatsHandle(send)

@@ -44,6 +44,10 @@ class BusConfig:
     log_to_bus: bool = False  # publish the bus's own warnings and errors to logs.*
     watch_dir: str | None = None  # JSON / JSON-Lines files here become file.* events
     node_name: str = "ipt-bus"
+    max_tracked_topics: int = 10_000  # per-topic counts kept; the least recently seen evicted
+    route_cache_topics: int = 10_000  # topics whose subscriber lists the router keeps at hand
+    metrics_topics: int = 100  # `topic` labels on /metrics: the busiest; the rest "_other"
+    metrics_public: bool = False  # /metrics without a token when tokens are required
 
     max_event_bytes: int = 1 * MiB
     max_message_bytes: int = 1 * MiB + 256 * 1024  # one WS message: event plus envelope slack
@@ -109,6 +113,9 @@ class BusConfig:
             "max_connections",
             "dedupe_max_keys",
             "dedupe_max_bytes",
+            "max_tracked_topics",
+            "route_cache_topics",
+            "metrics_topics",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -17,12 +18,14 @@ import trio
 from quart import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from ipt_bus import __version__
 from ipt_bus.bus import ingress
 from ipt_bus.bus.ingress import Offer, Origin
+from ipt_bus.bus.stats import PublishDuration
 from ipt_bus.core import codec, schemas
 from ipt_bus.core.auth import Forbidden
 from ipt_bus.core.errors import BusClosed, BusError, ErrorCode, ProtocolError
-from ipt_bus.edge import guard, http
+from ipt_bus.edge import guard, http, metrics, openapi
 from ipt_bus.storage.base import Query, resume_point, retention_gap
 
 if TYPE_CHECKING:
@@ -114,8 +117,11 @@ async def post_events(bus: BusHandle | None, scope: Any, receive: Any, send: Any
     """`POST /events`, on the raw ASGI interface."""
     headers: dict[str, str] = {}
     body = http.Body(receive)
+    received = trio.current_time()
     try:
-        status, answer = 201, codec.dumps(await _post_events(running(bus), scope, body))
+        bus = running(bus)
+        status, answer = 201, codec.dumps(await _post_events(bus, scope, body))
+        bus.stats.record(PublishDuration(trio.current_time() - received))
     except BusError as exc:
         status, answer, headers = http.error_parts(exc)
         await body.discard_rest()
@@ -227,7 +233,8 @@ def _within_grant(identity: Identity, query: Query) -> Query:
 async def get_topics() -> Response:
     bus = _bus()
     _identity(bus)
-    seen: dict[str, tuple[int, float]] = (await bus.stats.snapshot())["_topics"]
+    snap = await bus.stats.snapshot()
+    seen: dict[str, tuple[int, float]] = snap["_topics"]
     topics = []
     catalogue = schemas.CATALOGUE
     for topic in sorted(catalogue.keys() | seen.keys()):
@@ -240,10 +247,13 @@ async def get_topics() -> Response:
                 "description": standard.description if standard else None,
                 "count": count,
                 "last_seen": http.iso(last),
+                "subscribers": bus.router.subscribers(topic),
             }
         )
     patterns = [{"pattern": p, "description": d} for p, d in schemas.STANDARD_PATTERNS.items()]
-    return http.json_response({"topics": topics, "patterns": patterns})
+    return http.json_response(
+        {"topics": topics, "patterns": patterns, "tracked": snap["topics_tracked"]}
+    )
 
 
 async def get_schemas() -> Response:
@@ -260,8 +270,24 @@ async def get_schemas() -> Response:
 async def get_stats() -> Response:
     bus = _bus()
     _identity(bus)
-    snap = await bus.stats.snapshot()
+    snap = await stats_document(bus)
     del snap["_topics"]
+    return http.json_response(snap)
+
+
+async def get_metrics() -> Response:
+    bus = _bus()
+    if not bus.config.metrics_public:
+        _identity(bus)
+    body = metrics.render(
+        await stats_document(bus), version=__version__, metrics_topics=bus.config.metrics_topics
+    )
+    return Response(body, 200, {"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def stats_document(bus: BusHandle) -> dict[str, Any]:
+    """What `/stats` answers (and `/metrics` exposes), with the stats actor's `_topics`."""
+    snap = await bus.stats.snapshot()
     log_stats = bus.log.stats()
     capacity = log_stats.capacity
     snap["buffer"] = {
@@ -316,7 +342,7 @@ async def get_stats() -> Response:
     # every connection's tasks live in nurseries: a count back at its baseline after a storm of
     # connections is the check that none outlived its connection (RELIABILITY C14)
     snap["tasks"] = trio.lowlevel.current_statistics().tasks_living
-    return http.json_response(snap)
+    return snap
 
 
 async def get_connections() -> Response:
@@ -354,6 +380,44 @@ def _connection_json(view: ConnectionView) -> dict[str, Any]:
         "catch_ups": outbox.catch_ups,
         "dropped": outbox.dropped,
     }
+
+
+async def get_index() -> Response:
+    """Browsers go to the dashboard; anything else gets the endpoints, as JSON."""
+    if request.accept_mimetypes.best_match([http.JSON, "text/html"]) == "text/html":
+        return Response(b"", 302, {"Location": "/ui/"})
+    return http.json_response(
+        {
+            "name": "ipt_bus",
+            "version": __version__,
+            "endpoints": {
+                path: sorted(methods.keys())
+                for path, methods in openapi.document(__version__)["paths"].items()
+            },
+            "docs": "/openapi.json",
+            "dashboard": "/ui/",
+        }
+    )
+
+
+async def get_openapi() -> Response:
+    return http.json_response(openapi.document(__version__))
+
+
+async def get_ui() -> Response:
+    """The dashboard: one static page shipped in the package (no build step, no CDN)."""
+    page = resources.files("ipt_bus.edge").joinpath("ui/index.html").read_bytes()
+    return Response(
+        page,
+        200,
+        {
+            "Content-Type": "text/html; charset=utf-8",
+            "Cache-Control": "no-cache",
+            # everything it loads comes from this bus (connect-src: /ws and the REST routes)
+            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
+        },
+    )
 
 
 async def get_health() -> Response:
@@ -505,8 +569,12 @@ def register(app: QuartTrio) -> None:
     app.add_url_rule("/topics", view_func=get_topics, methods=["GET"])
     app.add_url_rule("/schemas", view_func=get_schemas, methods=["GET"])
     app.add_url_rule("/stats", view_func=get_stats, methods=["GET"])
+    app.add_url_rule("/metrics", view_func=get_metrics, methods=["GET"])
     app.add_url_rule("/connections", view_func=get_connections, methods=["GET"])
     app.add_url_rule("/health", view_func=get_health, methods=["GET"])
+    app.add_url_rule("/", view_func=get_index, methods=["GET"])
+    app.add_url_rule("/openapi.json", view_func=get_openapi, methods=["GET"])
+    app.add_url_rule("/ui/", view_func=get_ui, methods=["GET"])
     app.add_url_rule("/dlq", view_func=get_dead_letters, methods=["GET"])
     app.add_url_rule("/dlq/<int:letter_id>/retry", view_func=retry_dead_letter, methods=["POST"])
     app.add_url_rule("/dlq/<int:letter_id>", view_func=delete_dead_letter, methods=["DELETE"])
