@@ -144,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="topics with their own /metrics series (the busiest; default 100)",
     )
+    s.add_argument(
+        "--dlq-max-entries",
+        type=int,
+        default=None,
+        help="dead letters kept (default 10000; the oldest go first)",
+    )
     observe.add_argument(
         "--max-tracked-topics",
         type=int,
@@ -277,6 +283,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         metrics_public=args.metrics_public,
         metrics_topics=args.metrics_topics,
         max_tracked_topics=args.max_tracked_topics,
+        dlq_max_entries=args.dlq_max_entries,
     )
 
 

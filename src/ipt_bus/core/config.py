@@ -115,6 +115,7 @@ class BusConfig:
             "dedupe_max_bytes",
             "max_tracked_topics",
             "route_cache_topics",
+            "dlq_max_entries",
             "metrics_topics",
         ):
             if getattr(self, name) < 1:

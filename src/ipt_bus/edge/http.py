@@ -225,6 +225,9 @@ def last(query: Params, name: str) -> str | None:
     return values[-1] if values else None
 
 
+INT64_MAX: Final = 2**63 - 1  # what SQLite (and islice) take; larger is a 400, not a 500
+
+
 def int_param(query: Params, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
     raw = last(query, name)
     if raw is None or raw == "":
@@ -235,8 +238,8 @@ def int_param(query: Params, name: str, *, minimum: int, maximum: int | None = N
         raise ProtocolError(
             ErrorCode.INVALID_QUERY, f"{name} must be an integer, got {raw[:32]!r}", name
         ) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+    if value < minimum or value > (INT64_MAX if maximum is None else maximum):
+        bound = f"between {minimum} and {INT64_MAX if maximum is None else maximum}"
         raise ProtocolError(ErrorCode.INVALID_QUERY, f"{name} must be {bound}", name)
     return value
 
