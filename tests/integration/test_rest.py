@@ -385,3 +385,22 @@ async def test_integers_past_64_bits_are_a_400_naming_the_parameter(
         response = await http.get(path, params={name: huge})
         assert response.status_code == 400, (path, response.text)
         assert response.json()["error"]["field"] == name
+
+
+async def test_stats_buffer_is_null_only_without_an_event_count_bound() -> None:
+    """docs/rest.md: `buffer.capacity` is --buffer-size (memory) or --retention-events (SQLite),
+    null for a SQLite log bounded only by age or bytes (the default)."""
+    for overrides, capacity in (
+        ({"storage": "memory", "buffer_size": 500}, 500),
+        ({"storage": "sqlite", "retention_events": 400}, 400),
+        ({"storage": "sqlite"}, None),
+    ):
+        async with (
+            running_server(**overrides) as server,
+            httpx.AsyncClient(base_url=server.url) as http,
+        ):
+            events = [{"type": "t", "topic": "a", "payload": {}}] * 100
+            assert (await http.post("/events", json=events)).status_code == 201
+            buffer = (await http.get("/stats")).json()["buffer"]
+        expected = None if capacity is None else round(100 / capacity, 4)
+        assert buffer == {"size": 100, "capacity": capacity, "utilization": expected}, overrides
