@@ -109,6 +109,15 @@ def document(version: str) -> dict[str, Any]:
                 },
             }
         },
+        "/ui/app.js": {
+            "get": {
+                "summary": "The dashboard's script",
+                "responses": {
+                    "200": {"description": "JavaScript", "content": {"text/javascript": {}}},
+                    **_errors(421),
+                },
+            }
+        },
         "/events": {
             "post": {
                 "summary": "Publish one event, or an array of at most 1,000 (all or nothing)",

@@ -404,20 +404,35 @@ async def get_openapi() -> Response:
     return http.json_response(openapi.document(__version__))
 
 
-async def get_ui() -> Response:
-    """The dashboard: one static page shipped in the package (no build step, no CDN)."""
-    page = resources.files("ipt_bus.edge").joinpath("ui/index.html").read_bytes()
+_UI_FILES: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+}
+# everything the page loads comes from this bus; no inline script (connect-src: /ws and REST)
+_UI_POLICY: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self' ws: wss:; img-src 'self' data:"
+)
+
+
+async def get_ui(name: str = "index.html") -> Response:
+    """The dashboard: a static page and its script, shipped in the package (no build step, no
+    CDN, nothing loaded from elsewhere)."""
+    content_type = _UI_FILES[name]
+    body = resources.files("ipt_bus.edge").joinpath(f"ui/{name}").read_bytes()
     return Response(
-        page,
+        body,
         200,
         {
-            "Content-Type": "text/html; charset=utf-8",
+            "Content-Type": content_type,
             "Cache-Control": "no-cache",
-            # everything it loads comes from this bus (connect-src: /ws and the REST routes)
-            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-            "script-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
+            "Content-Security-Policy": _UI_POLICY,
         },
     )
+
+
+async def get_ui_script() -> Response:
+    return await get_ui("app.js")
 
 
 async def get_health() -> Response:
@@ -575,6 +590,7 @@ def register(app: QuartTrio) -> None:
     app.add_url_rule("/", view_func=get_index, methods=["GET"])
     app.add_url_rule("/openapi.json", view_func=get_openapi, methods=["GET"])
     app.add_url_rule("/ui/", view_func=get_ui, methods=["GET"])
+    app.add_url_rule("/ui/app.js", view_func=get_ui_script, methods=["GET"])
     app.add_url_rule("/dlq", view_func=get_dead_letters, methods=["GET"])
     app.add_url_rule("/dlq/<int:letter_id>/retry", view_func=retry_dead_letter, methods=["POST"])
     app.add_url_rule("/dlq/<int:letter_id>", view_func=delete_dead_letter, methods=["DELETE"])
