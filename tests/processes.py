@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -44,8 +45,16 @@ class Served:
 
 
 @contextmanager
-def serve_process(directory: Path, *args: str) -> Iterator[Served]:
-    """Run `ipt-bus serve` on a free port with its data and its log in `directory`."""
+def serve_process(
+    directory: Path, *args: str, open_files: tuple[int, int] | None = None
+) -> Iterator[Served]:
+    """Run `ipt-bus serve` on a free port with its data and its log in `directory` (and its
+    RLIMIT_NOFILE set to `open_files`, soft and hard, when given)."""
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
     port = free_port()
     log = directory / "server.log"
     with log.open("wb") as out:
@@ -61,6 +70,7 @@ def serve_process(directory: Path, *args: str) -> Iterator[Served]:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=limit if open_files is not None else None,
         )
     try:
         for _ in range(200):

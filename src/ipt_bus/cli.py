@@ -6,7 +6,9 @@ refused), 3 `tail --count` timed out."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import resource
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO, TypeVar
@@ -93,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         help="payloads of the standard topics: reject (strict, default), log (warn) or off",
     )
     s.add_argument(
-        "--max-connections", type=int, default=None, help="WebSocket connections (10000)"
+        "--max-connections",
+        type=int,
+        default=None,
+        help="WebSocket connections (default: the open-file limit less 256)",
     )
     s.add_argument(
         "--allowed-origins",
@@ -349,6 +354,7 @@ def _serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"ipt-bus: {exc}", file=sys.stderr)
         return 2
+    _raise_fd_limit()
     try:
         trio.run(_serve, config)
     except Exception as exc:  # the process's failure boundary: one clear line, then exit 1
@@ -364,6 +370,16 @@ def _serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             logging.getLogger("ipt_bus").critical("the bus failed and stopped", exc_info=exc)
         return 1
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one, as servers (and Go programs) do at
+    start: the default `max_connections` follows it. Nothing changes where it cannot be raised."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _token(args: argparse.Namespace, out: TextIO) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import socket
 from pathlib import Path
 from typing import final
@@ -23,7 +24,7 @@ from ipt_bus.bus.limits import RateLimiter
 from ipt_bus.bus.router import RouterHandle, start_router
 from ipt_bus.bus.stats import StatsHandle, start_stats
 from ipt_bus.core.auth import Authenticator, Keys
-from ipt_bus.core.config import BusConfig
+from ipt_bus.core.config import BusConfig, connection_limit
 from ipt_bus.core.errors import CloseCode, StartupError, StorageError
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
@@ -155,6 +156,11 @@ async def run_bus(
     cancelled). The integrations are not started here: the server wires them in."""
     if config.gc_threshold is not None:
         tune_gc(config.gc_threshold)
+    max_connections = config.max_connections
+    if max_connections is None:  # as many as the process may open, less a reserve
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        max_connections = connection_limit(soft if soft != resource.RLIM_INFINITY else 1 << 20)
+        config = attrs.evolve(config, max_connections=max_connections)
     auth = Authenticator(load_keys(config))
     event_log, dead = open_log(config)
     handle: BusHandle | None = None
@@ -170,7 +176,7 @@ async def run_bus(
                 inbox_size=config.router_inbox,
                 max_subscriptions=config.max_subscriptions,
                 max_subscription_bytes=config.max_subscription_bytes,
-                max_connections=config.max_connections,
+                max_connections=max_connections,
                 max_per_identity=config.max_connections_per_identity,
                 route_cache_topics=config.route_cache_topics,
             )

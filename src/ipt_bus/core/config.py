@@ -64,7 +64,9 @@ class BusConfig:
     message_deadline_seconds: float = 30.0  # a WS message must be complete this long after it began
     ping_interval_seconds: float | None = 25.0  # WebSocket protocol pings (keep bytes in flight)
     tcp_user_timeout_seconds: float = 45.0  # kernel aborts a peer that stops acknowledging
-    max_connections: int = 10_000  # WebSocket connections; more are refused with 503
+    # WebSocket connections; more are refused with 503. None: follow the file-descriptor limit
+    # (the soft RLIMIT_NOFILE less FD_RESERVE), resolved when the bus starts
+    max_connections: int | None = None
     allowed_origins: tuple[str, ...] | None = None  # None: any Origin (or none) is accepted;
     # the Origins also get CORS headers on REST
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound one
@@ -110,7 +112,6 @@ class BusConfig:
             "router_inbox",
             "max_query_limit",
             "default_query_limit",
-            "max_connections",
             "dedupe_max_keys",
             "dedupe_max_bytes",
             "max_tracked_topics",
@@ -147,6 +148,8 @@ class BusConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive (or unset for no limit)")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         if self.max_connections_per_identity is not None and self.max_connections_per_identity < 1:
             raise ValueError("max_connections_per_identity must be at least 1")
         if not (self.auth or self.allow_anonymous or is_loopback(self.host)):
@@ -203,6 +206,16 @@ class BusConfig:
             values["auth_public_key"] = env["IPT_BUS_AUTH_PUBLIC_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]  # keys are checked by attrs at runtime
+
+
+FD_RESERVE: Final = 256
+"""File descriptors kept back from WebSockets: the log's files, the listening socket, REST
+requests, the file watcher."""
+
+
+def connection_limit(fd_soft_limit: int) -> int:
+    """The default `max_connections` for a process allowed `fd_soft_limit` open files."""
+    return max(1, fd_soft_limit - FD_RESERVE)
 
 
 def is_loopback(host: str) -> bool:

@@ -288,6 +288,7 @@ async def get_metrics() -> Response:
 async def stats_document(bus: BusHandle) -> dict[str, Any]:
     """What `/stats` answers (and `/metrics` exposes), with the stats actor's `_topics`."""
     snap = await bus.stats.snapshot()
+    snap["max_connections"] = bus.config.max_connections
     log_stats = bus.log.stats()
     capacity = log_stats.capacity
     snap["buffer"] = {
