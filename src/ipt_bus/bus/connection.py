@@ -349,12 +349,7 @@ class Connection:
             raise ProtocolError(ErrorCode.INVALID_FIELD, "'topics' is empty", "topics")
         patterns = [validate_pattern(t, "topics") for t in topics]
         if subscribe and self._identity is not None:
-            for pattern in patterns:
-                if not self._identity.grant.may_subscribe(pattern):
-                    raise Forbidden(
-                        f"the token of {self._identity.sub!r} may not subscribe to {pattern!r}",
-                        "topics",
-                    )
+            self._identity.readable(patterns, "topics")
         held = await self._bus.router.subscribe(
             self.conn_id, patterns, subscribe=subscribe, batch=batch
         )

@@ -27,7 +27,7 @@ from ipt_bus.core.errors import ErrorCode, ProtocolError
 from ipt_bus.core.topics import covers, matches, validate_pattern
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 MAX_TOKEN_CHARS: Final = 8_192  # a token longer than this is refused unread
 CLAIM: Final = "ipt_bus"
@@ -75,6 +75,19 @@ class Identity:
     sub: str
     expires_at: float  # Unix seconds
     grant: Grant
+
+    def readable(self, patterns: Sequence[str], field: str) -> tuple[str, ...]:
+        """The patterns a subscription or a history read may use: `patterns` when the grant
+        covers each (else `Forbidden` naming the first that it does not), the grant's own when
+        none are given."""
+        if not patterns:
+            return self.grant.subscribe
+        for pattern in patterns:
+            if not self.grant.may_subscribe(pattern):
+                raise Forbidden(
+                    f"the token of {self.sub!r} may not subscribe to {pattern!r}", field
+                )
+        return tuple(patterns)
 
 
 @attrs.frozen

@@ -15,7 +15,6 @@ import attrs
 
 from ipt_bus.bus.connection import Connection, ConnectParams
 from ipt_bus.bus.stats import Refused
-from ipt_bus.core.auth import Forbidden
 from ipt_bus.core.errors import (
     BusClosed,
     ErrorCode,
@@ -29,7 +28,6 @@ from ipt_bus.edge.transport import AsgiWebSocket
 
 if TYPE_CHECKING:
     from ipt_bus.bus.node import BusHandle
-    from ipt_bus.core.auth import Identity
     from ipt_bus.core.config import BusConfig
 
 
@@ -62,13 +60,14 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
             guard.bearer(guard.header(scope.get("headers", ()), b"authorization")) or params.token
         )
         identity = guard.authenticate(bus, token)
-        if identity is not None:
-            params = within_grant(identity, params)
+        if identity is not None:  # named topics must be granted; none named: the grant's
+            topics = params.patterns if params.explicit else ()
+            params = attrs.evolve(params, patterns=identity.readable(topics, "topics"))
         connection = Connection(AsgiWebSocket(receive, send), bus, params, remote, identity)
         await connection.attach()  # the router refuses past max_connections
     except (ProtocolError, Overloaded, BusClosed) as exc:
         status, body, headers = http.error_parts(exc)
-        await _reject_with(send, status, body, headers)
+        await http.send_answer(send, status, body, headers, websocket=True)
         return
     await send({"type": "websocket.accept"})
     await connection.run()
@@ -77,26 +76,7 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
 async def _reject(
     send: Any, status: int, code: ErrorCode, message: str, field: str | None = None
 ) -> None:
-    await _reject_with(send, status, http.error_body(code, message, field), {})
-
-
-async def _reject_with(send: Any, status: int, body: bytes, headers: dict[str, str]) -> None:
-    """Refuse a WebSocket handshake with a JSON HTTP answer (ASGI websocket.http.response)."""
-    await http.send_answer(send, status, body, headers, websocket=True)
-
-
-def within_grant(identity: Identity, params: ConnectParams) -> ConnectParams:
-    """The connection's topics, held to what its token may read: named ones must be covered by
-    the grant (403 naming the first that is not); none named means the grant's."""
-    grant = identity.grant
-    if not params.explicit:
-        return attrs.evolve(params, patterns=grant.subscribe)
-    for pattern in params.patterns:
-        if not grant.may_subscribe(pattern):
-            raise Forbidden(
-                f"the token of {identity.sub!r} may not subscribe to {pattern!r}", "topics"
-            )
-    return params
+    await http.send_answer(send, status, http.error_body(code, message, field), websocket=True)
 
 
 def parse_connect_params(query_string: bytes, config: BusConfig) -> ConnectParams:

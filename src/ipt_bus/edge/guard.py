@@ -95,7 +95,7 @@ def authenticate(bus: BusHandle, token: str | None) -> Identity | None:
     """The identity `token` proves; None when the bus needs no token.
 
     Raises:
-        AuthError: 401; counted by reason in `/stats` → `auth.failures`.
+        AuthError: 401; counted by reason in `/stats` → `security.auth_failures`.
     """
     if not bus.auth.enabled:
         return None

@@ -238,9 +238,11 @@ def int_param(query: Params, name: str, *, minimum: int, maximum: int | None = N
         raise ProtocolError(
             ErrorCode.INVALID_QUERY, f"{name} must be an integer, got {raw[:32]!r}", name
         ) from None
-    if value < minimum or value > (INT64_MAX if maximum is None else maximum):
-        bound = f"between {minimum} and {INT64_MAX if maximum is None else maximum}"
-        raise ProtocolError(ErrorCode.INVALID_QUERY, f"{name} must be {bound}", name)
+    top = INT64_MAX if maximum is None else maximum
+    if not minimum <= value <= top:
+        raise ProtocolError(
+            ErrorCode.INVALID_QUERY, f"{name} must be between {minimum} and {top}", name
+        )
     return value
 
 

@@ -7,6 +7,7 @@ it (no server error, no status, content type or body the document does not descr
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 from ipt_bus.core import schemas
@@ -82,8 +83,9 @@ def _event_schemas() -> dict[str, Any]:
     return out
 
 
+@functools.cache
 def document(version: str) -> dict[str, Any]:
-    """The OpenAPI document (a fresh dict: callers may change it)."""
+    """The OpenAPI document, built once (`/` and `/openapi.json` serve it; do not change it)."""
     published = {
         "type": "object",
         "required": ["id", "seq"],
