@@ -138,11 +138,11 @@ def _rate(bus: BusHandle, offer: Offer, events: int, max_wait: float) -> float:
     Raises:
         RateLimited: they would have to wait more than `max_wait` seconds.
     """
-    who = offer.origin.limited_as
-    if who is None:
-        return 0.0
     identity = offer.origin.identity
     rate = identity.grant.rate_limit if identity is not None else None
+    who = offer.origin.limited_as
+    if who is None or (rate is None and bus.limiter.rate is None):
+        return 0.0  # an internal publisher, or no limit at all: nothing to count
     decision = bus.limiter.take(who, events, rate, trio.current_time(), max_wait=max_wait)
     if not decision.taken:
         bus.stats.record(Counted("rate_limited"))

@@ -42,9 +42,12 @@ from ipt_bus.core.errors import BusUnavailable, HistoryLost, PublishRejected, Re
 from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ipt_bus.core.frames import Gap
 
 OK, UNREACHABLE, BAD_INPUT, TIMED_OUT = 0, 1, 2, 3
+PAGE = 1000  # events or dead letters asked for per request (the bus's max_query_limit)
 _COLOURS = {"task": 36, "phase": 34, "cost": 33, "tool": 35, "logs": 37, "file": 32}
 _LEVEL_COLOURS = {"logs.error": 31, "logs.warning": 33}
 
@@ -129,8 +132,7 @@ def tail(
             stop.deadline = trio.current_time() + idle_timeout
 
     def gap(g: Gap) -> None:
-        to = "" if g.to_seq is None else f"..{g.to_seq}"
-        print(f"ipt-bus: events {g.from_seq}{to} are not in the log ({g.reason})", file=sys.stderr)
+        _tell_gap(g.from_seq, g.to_seq, g.reason)
 
     async def run() -> int:
         client = EventBusClient(
@@ -246,6 +248,22 @@ def _get(url: str, path: str, token: TokenSource, verify: Verify) -> Any:
         return _call(http, "GET", path)
 
 
+def _rest_command(url: str, run: Callable[[], None]) -> int:
+    """Run a command's REST calls: exit 0, or one line on stderr and the exit code for why."""
+    try:
+        run()
+    except RequestRefused as exc:
+        return _fail(str(exc), BAD_INPUT)
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc)
+    return OK
+
+
+def _tell_gap(from_seq: int, to_seq: int | None, reason: str) -> None:
+    to = "" if to_seq is None else f"..{to_seq}"
+    print(f"ipt-bus: events {from_seq}{to} are not in the log ({reason})", file=sys.stderr)
+
+
 # --- history and dead letters ---------------------------------------------------------------
 
 
@@ -286,20 +304,18 @@ def history(
     page, up to `limit` (default: all of them)."""
     url = bus_url(url)
     colour = use_colour(out) and not as_json
-    cursor, epoch, left = since or 0, None, limit
-    try:
+
+    def run() -> None:
+        cursor, epoch, left = since or 0, None, limit
         with _client(url, token, verify) as http:
             while left is None or left > 0:
-                page = 1000 if left is None else min(1000, left)
+                page = PAGE if left is None else min(PAGE, left)
                 params = [*query.params(), ("since", str(cursor)), ("limit", str(page))]
                 if epoch is not None:
                     params.append(("epoch", epoch))
                 body = _call(http, "GET", "/events", params=params)
                 for gap in body.get("gaps", ()):
-                    to = "" if gap.get("to_seq") is None else f"..{gap['to_seq']}"
-                    reason = gap["reason"]
-                    print(f"ipt-bus: events {gap['from_seq']}{to} are not in the log ({reason})",
-                          file=sys.stderr)  # fmt: skip
+                    _tell_gap(gap["from_seq"], gap.get("to_seq"), gap["reason"])
                 for wire in body["events"]:
                     if as_json:
                         print(orjson.dumps(wire).decode(), file=out)
@@ -310,11 +326,8 @@ def history(
                     left -= body["count"]
                 if body["count"] < body["limit"]:  # the page reached the end of the log
                     break
-    except RequestRefused as exc:
-        return _fail(str(exc), BAD_INPUT)
-    except httpx.HTTPError as exc:
-        return _unreachable(url, exc)
-    return OK
+
+    return _rest_command(url, run)
 
 
 def dlq(
@@ -330,7 +343,8 @@ def dlq(
 ) -> int:
     """`list` the dead letters (all, or the first `limit`), `retry` or `delete` one."""
     url = bus_url(url)
-    try:
+
+    def run() -> None:
         with _client(url, token, verify) as http:
             if action == "retry":
                 answer = _call(http, "POST", f"/dlq/{letter_id}/retry", json={})
@@ -339,18 +353,15 @@ def dlq(
                 _call(http, "DELETE", f"/dlq/{letter_id}")
             else:
                 _list_dead_letters(http, limit, as_json, out)
-    except RequestRefused as exc:
-        return _fail(str(exc), BAD_INPUT)
-    except httpx.HTTPError as exc:
-        return _unreachable(url, exc)
-    return OK
+
+    return _rest_command(url, run)
 
 
 def _list_dead_letters(http: httpx.Client, limit: int | None, as_json: bool, out: TextIO) -> None:
     after, left = 0, limit
     header = not as_json
     while left is None or left > 0:
-        page = 1000 if left is None else min(1000, left)
+        page = PAGE if left is None else min(PAGE, left)
         body = _call(http, "GET", "/dlq", params={"after": after, "limit": page})
         if header:
             print(f"{'ID':>6}  {'AT':<24}  {'SOURCE':<9}  {'TRIES':>5}  ERROR", file=out)
@@ -407,8 +418,9 @@ def stats(
     security = s.get("security", {})
     refusals = {
         **{f"auth {k}": v for k, v in security.get("auth_failures", {}).items()},
-        **{k: v for k, v in security.items() if isinstance(v, int) and v},
-    }
+        **{k: security[k] for k in ("forbidden", "rate_limited", "host_not_allowed")
+           if security.get(k)},
+    }  # fmt: skip
     if refusals:
         rows.append(("refused", ", ".join(f"{k} {v:,}" for k, v in refusals.items())))
     if log.get("problem"):
