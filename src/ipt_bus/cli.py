@@ -64,19 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--retention-age",
-        type=parse_duration,
+        type=_duration,
         default=None,
         help="sqlite: drop events older than this (e.g. 12h, 7d; default 7d)",
     )
     s.add_argument(
         "--retention-bytes",
-        type=parse_size,
+        type=_size,
         default=None,
         help="sqlite: keep at most this much event data (e.g. 500MB, 2GiB)",
     )
     s.add_argument(
         "--dedupe-window",
-        type=parse_duration,
+        type=_duration,
         default=None,
         help="how long idempotency keys are remembered (default 2m)",
     )
@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "-W",
         "--timeout",
-        type=parse_duration,
+        type=_duration,
         default=None,
         metavar="SECONDS",
         help="exit when no event arrived for this long (e.g. 5, 1.5, 2m)",
@@ -225,10 +225,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--admin", action="store_true", help="may use /dlq and /connections")
     k.add_argument("--rate-limit", type=float, default=None, help="events per second (claim)")
-    k.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime (default 1h)")
+    k.add_argument("--ttl", type=_duration, default=3600.0, help="lifetime (default 1h)")
     k.add_argument("--audience", default=None, help="aud claim (the bus's --auth-audience)")
     k.add_argument("--issuer", default=None, help="iss claim (the bus's --auth-issuer)")
     return parser
+
+
+def _duration(text: str) -> float:
+    """`parse_duration` for argparse: its own message ("'x' is not a duration (e.g. 90s, …)")
+    rather than argparse's "invalid parse_duration value"."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:

@@ -126,6 +126,9 @@ async def test_tail_count_and_timeout() -> None:
         code, _, err = await _run("tail", "-C", "0", url=server.url)
         assert code == 2
         assert "expected a whole number of at least 1, got '0'" in err
+        code, _, err = await _run("tail", "-W", "soon", url=server.url)
+        assert code == 2
+        assert "argument -W/--timeout: 'soon' is not a duration (e.g. 90s" in err
 
 
 def test_colour_only_on_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
