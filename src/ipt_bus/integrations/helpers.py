@@ -56,22 +56,16 @@ class TaskRun(contextlib.ContextDecorator):
         self.publisher.publish(
             events.task_created(self.task_id, workflow=workflow, correlation_id=cid)
         )
-        started = events.task_status(
-            self.task_id,
-            "started",
-            previous_status="pending",
-            workflow=workflow,
-            correlation_id=cid,
-        )
-        self.publisher.publish(started)
-        running = events.task_status(
-            self.task_id,
-            "running",
-            previous_status="started",
-            workflow=workflow,
-            correlation_id=cid,
-        )
-        self.publisher.publish(running)
+        for status, previous in (("started", "pending"), ("running", "started")):
+            self.publisher.publish(
+                events.task_status(
+                    self.task_id,
+                    status,
+                    previous_status=previous,
+                    workflow=workflow,
+                    correlation_id=cid,
+                )
+            )
         return self
 
     def __exit__(
