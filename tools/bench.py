@@ -264,115 +264,130 @@ async def _clients(
     return subs, await RawWS.connect(port, "/ws?topics=none" + token)
 
 
+LOADGEN = ROOT / "tools" / "loadgen"  # Node.js, no packages: see loadgen.mjs
+
+
+async def loadgen(proc: subprocess.Popen[bytes], spec: dict[str, Any]) -> dict[str, Any]:
+    """Run tools/loadgen/loadgen.mjs on core 1 with `spec`; adds the server's CPU use over the
+    measured window (the generator says when counting starts)."""
+    spec = {"warmup": 1.0, "grace": 3.0, "pad": PAD, "ack": False, "in_flight": 64, **spec}
+    argv = ["taskset", "-c", "1", "node", str(LOADGEN / "loadgen.mjs"), json.dumps(spec)]
+    node = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, preexec_fn=_raise_nofile)
+    try:
+        assert node.stdout is not None
+        buf = b""
+        cpu0 = t0 = 0.0
+        while True:
+            chunk = await node.stdout.receive_some(65536)
+            if not chunk:
+                raise RuntimeError(f"the load generator failed (exit {await node.wait()})")
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                got = json.loads(line)
+                if got.get("phase") == "counting":
+                    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                    continue
+                elapsed = time.monotonic() - t0
+                got["server_cpu"] = round((cpu_seconds(proc.pid) - cpu0) / elapsed, 2)
+                got["loadgen_cpu"] = round(got["loadgen_cpu"], 2)
+                return dict(got)
+    finally:
+        if node.returncode is None:
+            node.kill()
+        await node.wait()
+
+
+def _urls(kind: str, port: int, path: str, batch: bool, auth: bool) -> tuple[str, str]:
+    base = f"ws://127.0.0.1:{port}"
+    if kind == "bare":
+        return f"{base}/ws?sub=1", f"{base}/ws"
+    token = f"&token={bench_token()}" if auth else ""
+    return (
+        f"{base}{path}" + ("&batch=1" if batch else "") + token,
+        f"{base}/ws?topics=none" + token,
+    )
+
+
 async def fanout(
-    kind: str, subscribers: int, seconds: float, batch: bool, auth: bool = False
+    kind: str,
+    subscribers: int,
+    seconds: float,
+    batch: bool,
+    auth: bool = False,
+    *,
+    storage: str = "memory",
+    topics: int = 1,
+    pattern: str = "bench.*",
+    ack: bool = False,
 ) -> dict[str, Any]:
+    """One publisher as fast as the server reads it, `subscribers` on `pattern`; events go
+    round robin over `topics` topics."""
     port = free_port()
-    with server(kind, port, auth=auth) as proc:
-        subs, pub = await _clients(kind, port, subscribers, batch, auth)
-        delivered = 0
-        messages = 0
-        gaps = 0
-        counting = False
-
-        async def receive(ws: RawWS) -> None:
-            nonlocal delivered, gaps, messages
-            async for payload in ws.messages():
-                if counting:
-                    messages += 1
-                    delivered += payload.count(b'"seq":') if kind == "bus" else 1
-                    gaps += payload.count(b'"gap"')
-
-        async def publish() -> None:
-            i = 0
-            while True:
-                await pub.send_text(event_frame(kind, i))
-                i += 1
-
-        async with trio.open_nursery() as nursery:
-            for ws in subs:
-                nursery.start_soon(receive, ws)
-            nursery.start_soon(publish)
-            await trio.sleep(1.0)  # warm-up
-            counting = True
-            cpu_server, cpu_self, t0 = cpu_seconds(proc.pid), time.process_time(), time.monotonic()
-            await trio.sleep(seconds)
-            counting = False
-            elapsed = time.monotonic() - t0
-            cpu_server = cpu_seconds(proc.pid) - cpu_server
-            cpu_self = time.process_time() - cpu_self
-            nursery.cancel_scope.cancel()
-        for ws in [*subs, pub]:
-            await ws.aclose()
+    with server(kind, port, storage, auth=auth) as proc:
+        sub_url, pub_url = _urls(kind, port, f"/ws?topics={pattern}", batch, auth)
+        names = ["bench.fanout"] if topics == 1 else [f"bench.t{i}.x" for i in range(topics)]
+        spec = {
+            "sub_url": sub_url,
+            "pub_url": pub_url,
+            "subscribers": subscribers,
+            "seconds": seconds,
+            "rate": 0,
+            "topics": names,
+            "bare": kind == "bare",
+            "ack": ack,
+        }
+        got = await loadgen(proc, spec)
+    elapsed = got["elapsed"]
     return {
         "server": kind,
+        "storage": storage,
         "auth": auth,
         "batch": batch,
         "subscribers": subscribers,
-        "deliveries_per_s": round(delivered / elapsed),
-        "messages_per_s": round(messages / elapsed),
-        "gap_notices": gaps,
-        "server_cpu": round(cpu_server / elapsed, 2),
-        "loadgen_cpu": round(cpu_self / elapsed, 2),
+        "topics": topics,
+        "ack": ack,
+        "deliveries_per_s": round(got["deliveries"] / elapsed),
+        "published_per_s": round(got["published"] / elapsed),
+        "acked_per_s": round(got["acked"] / elapsed),
+        "gap_notices": got["gap_notices"],
+        "errors": got["errors"],
+        "server_cpu": got["server_cpu"],
+        "loadgen_cpu": got["loadgen_cpu"],
     }
 
 
 async def latency(
-    kind: str, rate: int, subscribers: int, seconds: float, batch: bool
+    kind: str, rate: int, subscribers: int, seconds: float, batch: bool, storage: str = "memory"
 ) -> dict[str, Any]:
+    """Publish-to-receive time at a fixed rate; `lost` = deliveries missing after a grace."""
     port = free_port()
-    with server(kind, port) as proc:
-        subs, pub = await _clients(kind, port, subscribers, batch)
-        samples: list[int] = []
-        total = int(rate * seconds)
-
-        async def receive(ws: RawWS) -> None:
-            async for payload in ws.messages():
-                scan_times(payload, time.monotonic_ns(), samples)
-
-        async def publish() -> None:
-            start = trio.current_time()
-            for i in range(total):
-                await trio.sleep_until(start + i / rate)
-                await pub.send_text(event_frame(kind, i))
-
-        cpu_server, cpu_self = cpu_seconds(proc.pid), time.process_time()
-        t0 = time.monotonic()
-        async with trio.open_nursery() as nursery:
-            for ws in subs:
-                nursery.start_soon(receive, ws)
-            await publish()
-            with trio.move_on_after(3.0):  # grace for stragglers
-                while len(samples) < total * subscribers:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
-        elapsed = time.monotonic() - t0
-        cpu_server = cpu_seconds(proc.pid) - cpu_server
-        cpu_self = time.process_time() - cpu_self
-        for ws in [*subs, pub]:
-            await ws.aclose()
-    samples.sort()
-    expected = total * subscribers
-
-    def q(p: float) -> float | None:
-        return (
-            round(samples[min(len(samples) - 1, int(p * len(samples)))] / 1e6, 2)
-            if samples
-            else None
-        )
-
+    with server(kind, port, storage) as proc:
+        sub_url, pub_url = _urls(kind, port, "/ws?topics=bench.*", batch, False)
+        spec = {
+            "sub_url": sub_url,
+            "pub_url": pub_url,
+            "subscribers": subscribers,
+            "seconds": seconds,
+            "rate": rate,
+            "topics": ["bench.fanout"],
+            "bare": kind == "bare",
+        }
+        got = await loadgen(proc, spec)
+    expected = got["expected"]
     return {
         "server": kind,
+        "storage": storage,
         "batch": batch,
         "rate": rate,
         "subscribers": subscribers,
-        "p50_ms": q(0.5),
-        "p99_ms": q(0.99),
-        "max_ms": round(samples[-1] / 1e6, 2) if samples else None,
-        "lost": expected - len(samples),
-        "lost_pct": round(100 * (expected - len(samples)) / expected, 2),
-        "server_cpu": round(cpu_server / elapsed, 2),
-        "loadgen_cpu": round(cpu_self / elapsed, 2),
+        "p50_ms": round(got["p50_ms"], 2) if got["p50_ms"] is not None else None,
+        "p99_ms": round(got["p99_ms"], 2) if got["p99_ms"] is not None else None,
+        "max_ms": round(got["max_ms"], 2) if got["max_ms"] is not None else None,
+        "lost": expected - got["received"],
+        "lost_pct": round(100 * (expected - got["received"]) / expected, 2),
+        "server_cpu": got["server_cpu"],
+        "loadgen_cpu": got["loadgen_cpu"],
     }
 
 
@@ -771,13 +786,31 @@ def codec_micro() -> dict[str, Any]:
 async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> None:
     seconds = 3.0 if quick else 5.0
     if "fanout" in only:
-        for subs in [int(x) for x in os.environ.get("BENCH_SUBS", "1,100,1000").split(",")]:
-            for kind, batch in (("bare", False), ("bus", False), ("bus", True)):
-                out("fanout", await fanout(kind, subs, seconds, batch))
+        for subs in [int(x) for x in os.environ.get("BENCH_SUBS", "1,10,100,1000").split(",")]:
+            out("fanout", await fanout("bare", subs, seconds, False))
+            for storage in ("memory", "safe"):
+                for batch in (False, True):
+                    out("fanout", await fanout("bus", subs, seconds, batch, storage=storage))
+    if "single" in only:  # one publisher -> one subscriber, without and with acks
+        for storage in ("memory", "safe"):
+            for ack in (False, True):
+                out("single", await fanout("bus", 1, seconds, False, storage=storage, ack=ack))
+    if "routing" in only:  # 1,000 topics, 4 subscribers on a wildcard that matches them all
+        for storage in ("memory", "safe"):
+            for batch in (False, True):
+                out(
+                    "routing",
+                    await fanout(
+                        "bus", 4, seconds, batch, storage=storage, topics=1000, pattern="bench.*.x"
+                    ),
+                )
     if "latency" in only:
-        for rate in (50, 200, 1000):
-            for kind, batch in (("bare", False), ("bus", False), ("bus", True)):
-                out("latency", await latency(kind, rate, 100, seconds, batch))
+        for rate, subs in ((200, 100), (1000, 100), (100, 1000)):
+            if subs == 100:
+                out("latency", await latency("bare", rate, subs, seconds, False))
+            for storage in ("memory", "safe"):
+                for batch in (False, True):
+                    out("latency", await latency("bus", rate, subs, seconds, batch, storage))
     if "paused" in only:
         for batch in (True, False):
             out("paused", await paused("safe", 1000, 100, seconds, 2.0, batch))
@@ -811,7 +844,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
     parser.add_argument(
-        "--only", default="fanout,latency,paused,idle,rest,codec,auth,durable,client"
+        "--only",
+        default="fanout,single,routing,latency,paused,idle,rest,codec,auth,durable,client",
     )
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args()

@@ -61,3 +61,27 @@ async def test_a_client_past_the_frame_rate_is_read_slower(
         assert 1.9 <= pongs[-1] - start <= 2.2
         bus.shutdown()
     assert sock.closed == 1001
+
+
+async def test_batching_holds_nothing_back_for_a_timer(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With `batch=1`, an event published right after the last message goes out at once: the
+    clock stands still and every event is written (there used to be a 50 ms window)."""
+    from ipt_bus.core.model import Event
+
+    config = BusConfig(port=0, storage="memory", gc_threshold=None)
+    sock = FakeSocket([])
+    async with trio.open_nursery() as nursery:
+        bus = await nursery.start(run_bus, config)
+        connection = Connection(sock, bus, ConnectParams(batch=True))
+        await connection.attach()
+        nursery.start_soon(connection.run)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        for i in range(3):
+            await bus.router.publish([Event(type="t", topic="x", payload={"n": i})], timeout=5)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sum(b'"seq"' in text for _, text in sock.sent[1:]) == i + 1
+        assert all(at == start for at, _ in sock.sent[1:])
+        bus.shutdown()

@@ -325,11 +325,21 @@ class Connection:
             self._conversation.withdrawn(token)
             raise
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
-        await pipeline.in_flight.send((frame, token, received))
+        try:
+            pipeline.in_flight.send_nowait((frame, token, received))
+        except trio.WouldBlock:
+            await pipeline.in_flight.send((frame, token, received))
 
     async def _acker(self, pipeline: _Pipeline) -> None:
         timeout = self._bus.config.publish_timeout_seconds
-        async for frame, token, received in pipeline.in_flight_rx:
+        while True:
+            try:  # no yield per publish while more are waiting
+                frame, token, received = pipeline.in_flight_rx.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    frame, token, received = await pipeline.in_flight_rx.receive()
+                except trio.EndOfChannel:
+                    return
             result: list[Published] | BusError
             try:
                 result = await pipeline.answer_for(token, timeout)
@@ -401,17 +411,10 @@ class Connection:
         outbox = self._outbox
         try:
             await self._ws.send_many([codec.encode_frame(self._welcome()), *first])
-            last_send = -math.inf
             overflows = 0
             while True:
-                if self._conversation.batch:
-                    # Under load, wait out the window since the last message so a backlog
-                    # builds up and leaves as one message; an idle subscriber is not delayed.
-                    await outbox.wait_ready()
-                    window = self._batch_window()
-                    if trio.current_time() - last_send < window:
-                        await trio.sleep_until(last_send + window)
-                    last_send = trio.current_time()
+                # everything queued since the last write leaves now: one socket write, and with
+                # batching one message (the router wakes writers in rounds, see its module)
                 taken = await outbox.take()
                 frames = taken.replies + taken.events
                 if not frames and not taken.missed:
@@ -447,31 +450,22 @@ class Connection:
             limits=bus.config.limits(),
         )
 
-    def _batch_window(self) -> float:
-        """Least time between two messages to this connection while it is busy with batching.
-
-        All batch connections together send at most `batch_messages_per_second` messages, so a
-        crowd of subscribers cannot spend the whole core on per-message costs; the window never
-        drops below `batch_linger_seconds`.
-        """
-        cfg = self._bus.config
-        crowd = self._bus.router.batch_connections
-        return max(cfg.batch_linger_seconds, crowd / cfg.batch_messages_per_second)
-
     async def _send_frames(self, frames: list[bytes]) -> None:
         if not self._conversation.batch or len(frames) == 1:
             await self._ws.send_many(frames)
             return
         limit = self._bus.config.batch_frame_bytes
+        messages: list[bytes] = []
         chunk: list[bytes] = []
         size = 0
         for frame in frames:
             if chunk and size + len(frame) > limit:
-                await self._ws.send(b"\n".join(chunk))
+                messages.append(b"\n".join(chunk))
                 chunk, size = [], 0
             chunk.append(frame)
             size += len(frame) + 1
-        await self._ws.send(b"\n".join(chunk))
+        messages.append(b"\n".join(chunk))
+        await self._ws.send_many(messages)  # one write
 
     async def _catch_up(self, missed: list[Missed]) -> None:
         """Send the missed events from the log, in pages, then return to live ones.

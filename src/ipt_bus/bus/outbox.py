@@ -113,7 +113,9 @@ class Outbox:
     def offer(self, data: bytes, seq: int, accepted_at: float) -> bool:
         """Queue one encoded event, or leave it to the log when the queue is full (or behind).
 
-        Returns False only when the outbox is closed (the event is dropped for it).
+        Does not wake the writer: the router calls `wake` once it has offered what is coming,
+        so a writer takes many events per wake-up under load. Returns False only when the
+        outbox is closed (the event is dropped for it).
         """
         self.offered += 1
         if not self._missed and self.closed_code is None:
@@ -122,7 +124,6 @@ class Outbox:
                 self._events.append((data, accepted_at))
                 self._bytes += size
                 self._head = seq
-                self._wake()
                 return True
         return self._defer(seq)
 
@@ -142,9 +143,10 @@ class Outbox:
             self.close(CloseCode.SLOW_CONSUMER)
         return True
 
-    def _wake(self) -> None:
-        # trio's low-level park/reschedule: the cheapest wake-up, paid once per event per
-        # subscriber on the fan-out path (a trio.Event costs a ParkingLot and a new object)
+    def wake(self) -> None:
+        """Let the writer take what was offered (a no-op when it is not parked)."""
+        # trio's low-level park/reschedule: the cheapest wake-up, paid once per fan-out round
+        # per subscriber (a trio.Event costs a ParkingLot and a new object)
         task = self._waiter
         if task is not None:
             self._waiter = None
@@ -165,7 +167,7 @@ class Outbox:
         if self.closed_code is None:
             self.closed_code = int(code)
             self._closed.set()
-            self._wake()
+            self.wake()
             self._space.set()
 
     async def wait_closed(self) -> int:
@@ -181,7 +183,7 @@ class Outbox:
             self._space = trio.Event()
             await self._space.wait()
         self._replies.append(data)
-        self._wake()
+        self.wake()
 
     async def wait_ready(self) -> None:
         while not (self._replies or self._events or self._missed) and self.closed_code is None:

@@ -8,6 +8,14 @@ the log, its topic is looked up in a per-topic cache of target outboxes (rebuilt
 subscription change), and each target gets `Outbox.offer`, which never waits: a full outbox
 leaves the event in the log for its connection to read when it catches up. The router never
 awaits a subscriber; only the log append awaits.
+
+Writers are woken in rounds, not per event, so a writer takes everything queued since its last
+wake-up in one write whatever the log's speed. With a log whose appends wait (SQLite), a round
+is one append: publishes gather while it commits. A memory log never makes the router wait, so
+the router ends a round itself: it wakes the writers once `QUIET_ROUNDS` scheduler rounds passed
+with no new publish (a frame on its way from a socket reaches the inbox within them), or once it
+fanned out `FAN_OUT_ROUND_EVENTS` (a publisher that never lets up cannot starve the writers, and
+a round fits in an outbox). An idle bus delivers at once: no timer.
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ class CloseAll:
 RouterCommand = Publish | Attach | Subscribe | Detach | CloseAll
 
 MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
+FAN_OUT_ROUND_EVENTS = 256  # most events fanned out before writers are woken (< outbox_events)
+QUIET_ROUNDS = 2  # scheduler rounds with no new publish that end a fan-out round
 
 
 @attrs.define
@@ -108,6 +118,9 @@ class Router:
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _changed: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per (de)attach
     _closing: int | None = None  # CloseAll code: connections attaching now are closed at once
+    # the target tuples offered events since the last wake-up (by id), and when the first was
+    _unwoken: dict[int, tuple[Outbox, ...]] = attrs.field(factory=dict)
+    _unwoken_events: int = 0
 
     async def run(
         self,
@@ -120,12 +133,10 @@ class Router:
             pending: RouterCommand | None = None
             while True:
                 if pending is None:
-                    try:
-                        command = await inbox.receive()
-                    except trio.EndOfChannel:
+                    pending = await self._next(inbox)
+                    if pending is None:
                         break
-                else:
-                    command, pending = pending, None
+                command, pending = pending, None
                 match command:
                     case Publish():
                         pending = await self._publish_batch(command, inbox)
@@ -141,6 +152,44 @@ class Router:
                             outbox.close(code)
                     case _:
                         assert_never(command)
+
+    async def _next(self, inbox: trio.MemoryReceiveChannel[RouterCommand]) -> RouterCommand | None:
+        """The next command (None once the inbox is closed), waking writers as the module says."""
+        if self._log.append_waits:
+            # publishes gather while each append waits (group commit): that is the round
+            self._wake_writers()
+            with contextlib.suppress(trio.EndOfChannel):
+                return await inbox.receive()
+            return None
+        quiet = 0  # scheduler rounds since the inbox last had something
+        while True:
+            if self._unwoken_events >= FAN_OUT_ROUND_EVENTS:
+                self._wake_writers()
+            try:
+                return inbox.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                self._wake_writers()
+                return None
+            if not self._unwoken:
+                break
+            if quiet >= QUIET_ROUNDS:
+                self._wake_writers()  # nothing on its way: deliver now
+                break
+            quiet += 1
+            await trio.lowlevel.checkpoint()  # let a publish on its way reach the inbox
+        try:
+            return await inbox.receive()
+        except trio.EndOfChannel:
+            return None
+
+    def _wake_writers(self) -> None:
+        for targets in self._unwoken.values():
+            for outbox in targets:
+                outbox.wake()
+        self._unwoken.clear()
+        self._unwoken_events = 0
 
     async def _publish_batch(
         self, first: Publish, inbox: trio.MemoryReceiveChannel[RouterCommand]
@@ -205,6 +254,8 @@ class Router:
         per_topic: Counter[str] = Counter()
         dropped = 0
         index = 0
+        unwoken = self._unwoken
+        self._unwoken_events += len(records)
         for p in batch:
             accepted_at = p.accepted_at
             for _ in p.events:
@@ -218,6 +269,7 @@ class Router:
                     if len(self._targets) >= self._route_cache_topics:
                         self._targets.clear()  # rebuilt lazily, as after any (un)subscribe
                     self._targets[topic] = targets
+                unwoken[id(targets)] = targets
                 data = record.data
                 seq = record.seq
                 for outbox in targets:

@@ -85,8 +85,6 @@ class BusConfig:
     keyfile: str | None = None
     body_timeout_seconds: float = 10.0  # a REST request body must arrive within this
     batch_frame_bytes: int = 256 * 1024  # target size of a coalesced (batch=1) message
-    batch_linger_seconds: float = 0.05  # batch=1: least time between messages under load
-    batch_messages_per_second: int = 2_000  # batch=1: all batch connections together
 
     router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)
     publish_timeout_seconds: float = 5.0  # REST 503 / WS `overloaded` past this

@@ -242,8 +242,23 @@ async def _send_pings(self: WSStream) -> None:
             await closed.wait()
 
 
+async def _put(app_put: Any, message: Any) -> None:
+    """Hand a message to the app: without a trip through the scheduler while its queue has
+    room, so all the messages of one read reach the app in one turn (hypercorn's `send` yields
+    once per message, which made a fast publisher's frames trickle in one per scheduler round)."""
+    channel = getattr(app_put, "__self__", None)
+    if isinstance(channel, trio.MemorySendChannel):
+        try:
+            channel.send_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
+    await app_put(message)
+
+
 async def _handle_events(self: WSStream) -> None:
-    """hypercorn's loop, plus a close frame for frames wsproto could not parse."""
+    """hypercorn's loop, plus a close frame for frames wsproto could not parse, and messages
+    handed over without a yield each (`_put`)."""
     for event in self.connection.events():
         if isinstance(event, Message):
             try:
@@ -253,8 +268,9 @@ async def _handle_events(self: WSStream) -> None:
                 break
             if event.message_finished:
                 assert self.app_put is not None
-                await self.app_put(self.buffer.to_message())
+                message = self.buffer.to_message()
                 self.buffer.clear()
+                await _put(self.app_put, message)
         elif isinstance(event, Ping):
             await self._send_wsproto_event(event.response())
         elif isinstance(event, CloseConnection):
@@ -309,12 +325,22 @@ class AsgiWebSocket:
     _receive: Any
     _send: Any
     _direct: DirectSender | None = attrs.field(init=False)
+    _waiting: Any = attrs.field(init=False)  # hypercorn's queue: `receive_nowait`, or None
 
     def __attrs_post_init__(self) -> None:
         self._direct = DirectSender.find(self._send)
+        channel = getattr(self._receive, "__self__", None)
+        self._waiting = channel if isinstance(channel, trio.MemoryReceiveChannel) else None
 
     async def receive(self) -> str | bytes:
-        message = await self._receive()
+        # messages already queued are taken without a yield each (the queue holds at most
+        # hypercorn's `max_app_queue_size`, so the reader still yields every few messages)
+        try:
+            if self._waiting is None:
+                raise trio.WouldBlock
+            message = self._waiting.receive_nowait()
+        except trio.WouldBlock:
+            message = await self._receive()
         if message["type"] == "websocket.receive":
             text = message.get("text")
             if text is not None:

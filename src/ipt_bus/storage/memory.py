@@ -62,6 +62,10 @@ class MemoryLog:
     def last_seq(self) -> int:
         return self._last
 
+    @property
+    def append_waits(self) -> bool:
+        return False  # an append is a few list stores
+
     async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
         return self.append_nowait(events, keys)
 

@@ -243,6 +243,10 @@ class SqliteLog:
     def last_seq(self) -> int:
         return self._last
 
+    @property
+    def append_waits(self) -> bool:
+        return True  # the commit runs on the writer thread
+
     async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
         now_dt = datetime.now(UTC)
         now = self.clock()
