@@ -456,6 +456,8 @@ async def paused(
 
 
 async def idle_rss(connections: int) -> dict[str, Any]:
+    """`connections` WebSockets opened 100 at a time (each counted once its welcome arrived)
+    by the Node.js generator; RSS growth per connection, and how long they took to connect."""
     port = free_port()
     with server("bus", port) as proc:
         warm = await _subscribers(port, "/ws", 10)
@@ -463,18 +465,38 @@ async def idle_rss(connections: int) -> dict[str, Any]:
             await ws.aclose()
         await trio.sleep(0.5)
         before = rss_bytes(proc.pid)
-        conns = []
-        for _ in range(connections):
-            ws = await RawWS.connect(port, "/ws")
-            async for _payload in ws.messages():
-                break  # the welcome frame
-            conns.append(ws)
-        await trio.sleep(1.0)
-        after = rss_bytes(proc.pid)
-        for ws in conns:
-            await ws.aclose()
+        cpu0 = cpu_seconds(proc.pid)
+        spec = {"idle": True, "sub_url": f"ws://127.0.0.1:{port}/ws", "subscribers": connections}
+        argv = ["taskset", "-c", "1", "node", str(LOADGEN / "loadgen.mjs")]
+        node = await trio.lowlevel.open_process(
+            [*argv, json.dumps({**spec, "concurrency": int(os.environ.get("CONC", "100"))})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=_raise_nofile,
+        )
+        try:
+            assert node.stdout is not None
+            assert node.stdin is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await node.stdout.receive_some(4096)
+                if not chunk:
+                    raise RuntimeError("the load generator failed")
+                line += chunk
+            got = json.loads(line)
+            cpu = cpu_seconds(proc.pid) - cpu0
+            await trio.sleep(1.0)
+            after = rss_bytes(proc.pid)
+            await node.stdin.aclose()
+            await node.wait()
+        finally:
+            if node.returncode is None:
+                node.kill()
+                await node.wait()
     return {
-        "connections": connections,
+        "connections": got["connected"],
+        "connect_seconds": round(got["elapsed"], 2),
+        "server_cpu": round(cpu / got["elapsed"], 2),
         "rss_before_mb": round(before / 2**20, 1),
         "rss_after_mb": round(after / 2**20, 1),
         "per_connection_kb": round((after - before) / connections / 1024, 1),
@@ -815,7 +837,7 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
         for batch in (True, False):
             out("paused", await paused("safe", 1000, 100, seconds, 2.0, batch))
     if "idle" in only:
-        out("idle", await idle_rss(1000 if quick else 5000))
+        out("idle", await idle_rss(1000 if quick else 10_000))
     if "rest" in only:
         out("rest", await rest(1, 8, seconds))
         out("rest", await rest(100, 4, seconds))

@@ -11,7 +11,7 @@ import logging
 import signal
 import socket
 from functools import partial
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 import attrs
 import trio
@@ -50,6 +50,9 @@ class Server:
         self.bus.shutdown()
 
 
+LISTEN_BACKLOG: Final = 4096  # the kernel caps it at net.core.somaxconn
+
+
 def listening_socket(config: BusConfig) -> socket.socket:
     """The listening socket, bound, with the kernel's dead-peer detection switched on.
 
@@ -81,10 +84,14 @@ def hypercorn_config(config: BusConfig, sock: socket.socket) -> HypercornConfig:
     hc = HypercornConfig()
     setattr(hc, transport.WRITE_DEADLINE_ATTR, config.write_deadline_seconds)
     hc.bind = [f"fd://{sock.detach()}"]
-    hc.websocket_ping_interval = config.ping_interval_seconds
+    # plain TCP: our one pinger (`transport.ping_every`, from the app); TLS: hypercorn's task
+    hc.websocket_ping_interval = None if config.certfile is None else config.ping_interval_seconds
     hc.websocket_max_message_size = config.max_message_bytes
     hc.graceful_timeout = config.shutdown_grace_seconds / 2
     hc.keep_alive_timeout = 5
+    # hypercorn listens with a backlog of 100: thousands of clients reconnecting at once (a
+    # restart) would see dropped SYNs and retry after a second or more
+    hc.backlog = LISTEN_BACKLOG
     hc.accesslog = None  # none: a token in a query string (?token=, browsers) is never logged
     if config.certfile is not None:  # https:// and wss://
         hc.certfile = config.certfile

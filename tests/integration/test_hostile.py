@@ -159,6 +159,34 @@ async def test_protocol_pings_are_sent() -> None:
                 opcodes.append(got[0])
 
 
+async def test_one_pinger_serves_every_connection_and_forgets_closed_ones() -> None:
+    """Pings come from one task per run, not one per connection; a closed connection leaves
+    its set (nothing is kept alive for the interval) and the others are still pinged."""
+    import gc
+
+    from ipt_bus.edge import transport
+
+    async with running_server(ping_interval_seconds=0.05) as server:
+        peers = [await raw(server) for _ in range(5)]
+        for peer in peers:  # each one is pinged
+            opcodes: list[int] = []
+            while PING not in opcodes:
+                got = await peer.read_frame()
+                assert got is not None
+                opcodes.append(got[0])
+        (pinged,) = transport._PINGED.get().values()
+        assert len(pinged) == 5
+        for peer in peers[:4]:
+            await peer.stream.aclose()
+        with trio.fail_after(10):
+            while len(pinged) > 1:
+                gc.collect()
+                await trio.sleep(0.05)
+        got = await peers[4].read_frame()  # the survivor is still pinged
+        assert got is not None
+        await peers[4].stream.aclose()
+
+
 def test_accepted_sockets_carry_keepalive_and_user_timeout() -> None:
     listener = listening_socket(BusConfig(port=0, tcp_user_timeout_seconds=45))
     with listener:

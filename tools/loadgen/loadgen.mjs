@@ -98,7 +98,30 @@ function event(i, topic) {
   return textFrame(`{"action":"publish","ack":${spec.ack},"id":${i},"event":${raw}}`);
 }
 
+// Idle mode: `subscribers` connections, `concurrency` opening at a time, each counted once its
+// welcome frame arrived; then holds them until stdin closes.
+async function idle() {
+  const WELCOME = Buffer.from('"action":"welcome"');
+  const socks = [];
+  const t0 = performance.now();
+  let next = 0;
+  async function opener() {
+    while (next < spec.subscribers) {
+      next++;
+      let welcomed;
+      const seen = new Promise((r) => { welcomed = r; });
+      socks.push(await open(spec.sub_url, (buf) => { if (buf.indexOf(WELCOME) >= 0) welcomed(); }));
+      await seen;
+    }
+  }
+  await Promise.all(Array.from({ length: spec.concurrency }, opener));
+  process.stdout.write(JSON.stringify({ phase: "connected", connected: socks.length, elapsed: (performance.now() - t0) / 1000 }) + "\n");
+  process.stdin.resume();
+  process.stdin.on("end", () => { for (const sock of socks) sock.destroy(); process.exit(0); });
+}
+
 async function main() {
+  if (spec.idle) return idle();
   const subs = [];
   for (let i = 0; i < spec.subscribers; i++) subs.push(await open(spec.sub_url, onSubscriberData));
   let inFlight = 0;

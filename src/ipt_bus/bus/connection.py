@@ -155,7 +155,7 @@ class Connection:
     _delivery: Histogram = attrs.field(factory=Histogram)
     _delivered: int = 0
     _frame_tokens: tuple[float, float] = (0.0, -math.inf)  # (tokens, trio time): see _throttle
-    _refreshed: trio.Event = attrs.field(factory=trio.Event)  # set by `auth`
+    _refreshed: trio.Event | None = None  # set by `auth` (made by `_expire`: tokens only)
     close_code: int = int(CloseCode.GOING_AWAY)
 
     def __attrs_post_init__(self) -> None:
@@ -205,13 +205,19 @@ class Connection:
         peer_gone = False
         try:
             async with trio.open_nursery() as nursery:
+                # whoever closes the outbox (either side, the router, a deadline) ends all of
+                # this connection's tasks; the reader runs in this one (a task less per
+                # connection: they are what an idle connection costs)
                 self._nursery = nursery
-                nursery.start_soon(self._reader)
+                self._outbox.on_close = nursery.cancel_scope.cancel
+                if self._outbox.closed_code is not None:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._writer, self._first)
                 if self._identity is not None:
                     nursery.start_soon(self._expire)
-                self.close_code = await self._outbox.wait_closed()
-                nursery.cancel_scope.cancel()
+                await self._reader()
+            assert self._outbox.closed_code is not None
+            self.close_code = self._outbox.closed_code
             peer_gone = self.close_code < 0
         except BusClosed:
             self.close_code = int(CloseCode.GOING_AWAY)
@@ -333,13 +339,17 @@ class Connection:
     async def _acker(self, pipeline: _Pipeline) -> None:
         timeout = self._bus.config.publish_timeout_seconds
         while True:
-            try:  # no yield per publish while more are waiting
-                frame, token, received = pipeline.in_flight_rx.receive_nowait()
+            item = None
+            try:  # noqa: SIM105 (suppress() costs more, on every publish)
+                item = pipeline.in_flight_rx.receive_nowait()  # no yield while more wait
             except trio.WouldBlock:
+                pass
+            if item is None:
                 try:
-                    frame, token, received = await pipeline.in_flight_rx.receive()
+                    item = await pipeline.in_flight_rx.receive()
                 except trio.EndOfChannel:
                     return
+            frame, token, received = item
             result: list[Published] | BusError
             try:
                 result = await pipeline.answer_for(token, timeout)
@@ -386,7 +396,8 @@ class Connection:
         if lost:
             held = await bus.router.subscribe(self.conn_id, lost, subscribe=False)
             self._conversation.subscribed(None, held, subscribe=False, batch=None)
-        self._refreshed.set()
+        if self._refreshed is not None:
+            self._refreshed.set()
         await self._reply(Authenticated(frame.id, new.expires_at))
 
     async def _expire(self) -> None:
@@ -394,9 +405,9 @@ class Connection:
         while True:
             assert self._identity is not None
             left = self._identity.expires_at - time.time()
-            self._refreshed = trio.Event()
+            self._refreshed = refreshed = trio.Event()
             with trio.move_on_after(max(0.0, left)):
-                await self._refreshed.wait()
+                await refreshed.wait()
                 continue
             self._bus.stats.record(Counted("auth_failure:token_expired"))
             self._outbox.close(CloseCode.TOKEN_EXPIRED)

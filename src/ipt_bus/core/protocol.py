@@ -13,7 +13,6 @@ ends share one vocabulary; a pair of them is tested without sockets (tests/core/
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -67,7 +66,7 @@ class ServerConversation:
     patterns: frozenset[str] = frozenset()
     batch: bool = False
     _tokens: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
-    _pending: deque[_Pending] = attrs.field(factory=deque)
+    _pending: list[_Pending] = attrs.field(factory=list)  # at most publishes_in_flight
 
     def receive(self, message: str | bytes) -> Received | ErrorFrame:
         """What the client's `message` asks, or the error frame that answers it."""
@@ -115,12 +114,12 @@ class ServerConversation:
 
     def withdrawn(self, token: int) -> None:
         """The publish with `token` never reached the router (its error is sent instead)."""
-        self._pending = deque(p for p in self._pending if p.token != token)
+        self._pending = [p for p in self._pending if p.token != token]
 
     def answered(self, token: int, result: list[Published] | BusError) -> ServerFrame | None:
         """The router's answer for the publish with `token` (the oldest one due): the frame for
         the client, or None when it asked for no ack."""
-        pending = self._pending.popleft()
+        pending = self._pending.pop(0)
         assert pending.token == token, "answers are taken in the order the publishes came"
         if isinstance(result, list):
             return Acked(pending.id, result, pending.batch) if pending.ack else None

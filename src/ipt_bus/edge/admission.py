@@ -23,7 +23,7 @@ from ipt_bus.core.errors import (
     ProtocolError,
 )
 from ipt_bus.core.topics import parse_patterns
-from ipt_bus.edge import guard, http
+from ipt_bus.edge import guard, http, transport
 from ipt_bus.edge.transport import AsgiWebSocket
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
         await http.send_answer(send, status, body, headers, websocket=True)
         return
     await send({"type": "websocket.accept"})
+    if cfg.ping_interval_seconds is not None and cfg.certfile is None:
+        transport.ping_every(send, cfg.ping_interval_seconds)
     await connection.run()
 
 

@@ -14,10 +14,13 @@ Checked against hypercorn 0.17-0.18 (pinned in pyproject.toml);
 - Bounded message buffer: hypercorn appends a fragment first and checks the size after, and keeps
   appending after it closed with 1009 (8 x 64 MiB held 566 MB). Here the size is checked before
   appending, so nothing past the limit is ever held.
-- Pings that stop with the connection: hypercorn's ping task sleeps the whole ping interval
-  before it looks at whether the connection closed, so every closed WebSocket kept its task
-  group, and with it its socket, alive for up to the interval (25 s), and shutdown waited for
-  them. Here the ping task waits on a close event, with the interval as its timeout.
+- One pinger, not a task per connection: hypercorn runs a ping task per WebSocket that sleeps
+  the whole interval before it looks at whether the connection closed, so every closed
+  WebSocket kept its task group, and with it its socket, alive for up to the interval (25 s).
+  Without TLS, hypercorn is told no interval and each accepted stream joins a weak set that one
+  task per trio run pings each interval (`ping_every`; a ping goes out when the socket takes it
+  at once). With TLS, hypercorn's task stays, and waits on a close event with the interval as
+  its timeout.
 - A failure boundary per connection: hypercorn closes a connection (`_close`, sending EOF) without
   its send lock, so a ping racing the close raised `BusyResourceError` inside the connection's
   task group, and any exception there ends hypercorn's whole server (found by the C8 fuzz test).
@@ -38,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from importlib.metadata import version
 from io import BytesIO, StringIO
 from typing import Any, Final
@@ -183,6 +187,15 @@ async def _app_send(self: WSStream, message: Any) -> None:
         _closed_event(self).set()
 
 
+def _tcp_server(stream: WSStream) -> TCPServer | None:
+    """The connection under a WebSocket stream, where it is hypercorn's HTTP/1.1 one."""
+    protocol = getattr(stream.send, "__self__", None)
+    if not isinstance(protocol, H11Protocol):
+        return None  # HTTP/2 frames its own data
+    server = getattr(protocol.send, "__self__", None)
+    return server if isinstance(server, TCPServer) else None
+
+
 @attrs.frozen
 class DirectSender:
     """Sends text messages on one hypercorn HTTP/1.1 WebSocket without the ASGI layers."""
@@ -196,11 +209,8 @@ class DirectSender:
         stream = getattr(send, "__self__", None)
         if not isinstance(stream, WSStream):
             return None
-        protocol = getattr(stream.send, "__self__", None)
-        if not isinstance(protocol, H11Protocol):
-            return None  # HTTP/2 frames its own data
-        server = getattr(protocol.send, "__self__", None)
-        return cls(stream, server) if isinstance(server, TCPServer) else None
+        server = _tcp_server(stream)
+        return None if server is None else cls(stream, server)
 
     async def send(self, texts: list[bytes]) -> None:
         """Each (UTF-8) text as its own message, all in one write; dropped once the socket is
@@ -233,6 +243,8 @@ def text_frames(texts: list[bytes]) -> bytes:
 
 
 async def _send_pings(self: WSStream) -> None:
+    """hypercorn's per-connection ping task, which ends with the connection. Only TLS streams
+    get one (see `ping_every` for the rest)."""
     closed = _closed_event(self)
     interval = self.config.websocket_ping_interval
     assert interval is not None  # hypercorn starts this task only when it is set
@@ -240,6 +252,81 @@ async def _send_pings(self: WSStream) -> None:
         await self._send_wsproto_event(Ping())
         with trio.move_on_after(interval):
             await closed.wait()
+
+
+def ping_every(send: Any, interval: float) -> bool:
+    """Have this run's one pinger ping the accepted WebSocket behind an ASGI `send` every
+    `interval` seconds; False where it cannot (TLS, HTTP/2, not hypercorn): those need
+    hypercorn's own ping task (a task per connection costs ~2.5 KB and a spawn)."""
+    stream = getattr(send, "__self__", None)
+    if not isinstance(stream, WSStream):
+        return False
+    tcp = _tcp_server(stream)
+    socket_stream: Any = None if tcp is None else tcp.stream  # typed as TLS by hypercorn
+    if type(socket_stream) is not trio.SocketStream:
+        return False
+    _pinged(interval).add(stream)
+    return True
+
+
+_PINGED: trio.lowlevel.RunVar[dict[float, weakref.WeakSet[WSStream]]] = trio.lowlevel.RunVar(
+    "ipt_bus_pinged"
+)
+
+
+def _pinged(interval: float) -> weakref.WeakSet[WSStream]:
+    """The streams pinged every `interval` seconds in this trio run (its pinger starts with it)."""
+    try:
+        by_interval = _PINGED.get()
+    except LookupError:
+        by_interval = {}
+        _PINGED.set(by_interval)
+    streams = by_interval.get(interval)
+    if streams is None:
+        streams = by_interval[interval] = weakref.WeakSet()
+        trio.lowlevel.spawn_system_task(_pinger, streams, interval, name="ipt_bus pinger")
+    return streams
+
+
+async def _pinger(streams: weakref.WeakSet[WSStream], interval: float) -> None:
+    """Ping every open stream once per `interval`. A ping goes out only when its socket takes it
+    at once: one that does not is not reading, and its write deadline deals with it."""
+    while True:
+        await trio.sleep(interval)
+        for stream in list(streams):
+            if stream.closed or stream.connection.state != ConnectionState.OPEN:
+                streams.discard(stream)
+                continue
+            try:
+                _ping_now(stream)
+            except Exception:  # a system task must not raise: this one stream is dropped
+                log.exception("pinging a WebSocket failed")
+                streams.discard(stream)
+
+
+def _ping_now(stream: WSStream) -> None:
+    tcp = _tcp_server(stream)
+    if tcp is None:
+        return
+    try:
+        tcp.send_lock.acquire_nowait()
+    except trio.WouldBlock:
+        return  # a write is in progress: bytes are in flight anyway
+    try:
+        data = stream.connection.send(Ping())
+        sent = _write_now(tcp.stream, data)
+        if 0 < sent < len(data):  # a frame cut short cannot be finished here: drop the peer
+            trio.lowlevel.spawn_system_task(_drop, tcp, name="ipt_bus drop")
+    finally:
+        tcp.send_lock.release()
+
+
+async def _drop(tcp: TCPServer) -> None:
+    try:
+        await trio.aclose_forcefully(tcp.stream)
+        await tcp.protocol.handle(Closed())
+    except Exception:
+        log.exception("dropping a connection failed")
 
 
 async def _put(app_put: Any, message: Any) -> None:
@@ -335,11 +422,13 @@ class AsgiWebSocket:
     async def receive(self) -> str | bytes:
         # messages already queued are taken without a yield each (the queue holds at most
         # hypercorn's `max_app_queue_size`, so the reader still yields every few messages)
-        try:
-            if self._waiting is None:
-                raise trio.WouldBlock
-            message = self._waiting.receive_nowait()
-        except trio.WouldBlock:
+        message = None
+        if self._waiting is not None:
+            try:  # noqa: SIM105 (suppress() costs more, on every message)
+                message = self._waiting.receive_nowait()
+            except trio.WouldBlock:
+                pass  # not awaited in here: the exception would live as long as the wait
+        if message is None:
             message = await self._receive()
         if message["type"] == "websocket.receive":
             text = message.get("text")
