@@ -102,9 +102,22 @@ def frame(
 
 
 async def connect(
-    url_host: str, port: int, path: str = "/ws", headers: dict[str, str] | None = None
+    url_host: str,
+    port: int,
+    path: str = "/ws",
+    headers: dict[str, str] | None = None,
+    *,
+    receive_buffer: int | None = None,
 ) -> RawPeer:
-    stream = await trio.open_tcp_stream(url_host, port)
+    """Open a WebSocket by hand. `receive_buffer` sets SO_RCVBUF before connecting (after,
+    the window the connection started with stays, and a shrunk one stalls it)."""
+    if receive_buffer is None:
+        stream = await trio.open_tcp_stream(url_host, port)
+    else:
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+        await sock.connect((url_host, port))
+        stream = trio.SocketStream(sock)
     key = base64.b64encode(os.urandom(16)).decode()
     headers = {"Host": f"{url_host}:{port}"} | (headers or {})
     lines = [

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import orjson
 import trio
 import trio.testing
 
-from ipt_bus.bus.connection import Connection, ConnectParams, Disconnected
+from ipt_bus.bus.connection import Connection, ConnectParams, Disconnected, Written
 from ipt_bus.bus.node import run_bus
 from ipt_bus.core.config import BusConfig
 
@@ -19,6 +20,8 @@ class FakeSocket:
         self.closed: int | None = None
         self.pongs_wanted = pongs_wanted
         self.all_pongs = trio.Event()
+        self.direct = False
+        self.direct_writes = 0
 
     async def receive(self) -> str | bytes:
         if self.incoming:
@@ -38,6 +41,14 @@ class FakeSocket:
     async def send_many(self, texts: list[bytes]) -> None:
         for text in texts:
             await self.send(text)
+
+    def send_now(self, texts: list[bytes]) -> Written:
+        """Takes everything at once, as an empty socket buffer would (`direct=False`: never)."""
+        if not self.direct or self.closed is not None:
+            return Written.NONE
+        self.sent.extend((trio.current_time(), text) for text in texts)
+        self.direct_writes += 1
+        return Written.ALL
 
     async def close(self, code: int) -> None:
         self.closed = code
@@ -84,4 +95,31 @@ async def test_batching_holds_nothing_back_for_a_timer(
             await trio.testing.wait_all_tasks_blocked()
             assert sum(b'"seq"' in text for _, text in sock.sent[1:]) == i + 1
         assert all(at == start for at, _ in sock.sent[1:])
+        bus.shutdown()
+
+
+async def test_the_fan_out_writes_to_a_parked_writers_socket_itself() -> None:
+    """Live events go out from the router's round (`send_now`), after the welcome, one message
+    per round with batching; replies still go through the connection's writer."""
+    from ipt_bus.core.model import Event
+
+    config = BusConfig(port=0, storage="memory", gc_threshold=None)
+    sock = FakeSocket(['{"action": "ping", "id": 1}'], pongs_wanted=1)
+    sock.direct = True
+    async with trio.open_nursery() as nursery:
+        bus = await nursery.start(run_bus, config)
+        connection = Connection(sock, bus, ConnectParams(batch=True))
+        await connection.attach()
+        nursery.start_soon(connection.run)
+        await sock.all_pongs.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        events = [Event(type="t", topic="x", payload={"n": i}) for i in range(3)]
+        await bus.router.publish(events, timeout=5)
+        await trio.testing.wait_all_tasks_blocked()
+        texts = [text for _, text in sock.sent]
+        assert b'"welcome"' in texts[0]
+        assert b'"pong"' in texts[1]
+        assert len(texts) == 3
+        assert [orjson.loads(line)["seq"] for line in texts[2].split(b"\n")] == [1, 2, 3]
+        assert sock.direct_writes == 1
         bus.shutdown()

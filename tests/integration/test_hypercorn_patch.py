@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
+import orjson
 from hypercorn.trio.tcp_server import TCPServer
 
+from ipt_bus.bus.connection import Written
 from ipt_bus.edge import transport as _hypercorn
 from ipt_bus.web import create_app
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def test_installed_by_create_app_and_version_is_checked() -> None:
@@ -78,3 +84,53 @@ async def test_other_asgi_servers_get_one_websocket_send_per_message() -> None:
     await socket.send_many([b"a", b"b"])
     await socket.send(b"c")
     assert sent == [{"type": "websocket.send", "text": t} for t in "abc"]
+
+
+async def test_writes_from_the_fan_out_that_fill_the_socket_finish_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The router writes live events itself while a subscriber's writer is parked. When the
+    socket takes only part of a write, the rest is owed and goes out first: a subscriber that
+    stops reading, then reads again, gets every event whole and in order."""
+    import httpx
+
+    from tests import rawws
+    from tests.conftest import running_server
+
+    results: list[object] = []
+    real = _hypercorn.DirectSender.send_now
+
+    def recording(self: _hypercorn.DirectSender, texts: list[bytes]) -> object:
+        written = real(self, texts)
+        results.append(written)
+        return written
+
+    monkeypatch.setattr(_hypercorn.DirectSender, "send_now", recording)
+    async with running_server(storage="memory", buffer_size=10_000) as server:
+        host, port = rawws.host_port(server.url)
+        peer = await rawws.connect(host, port, "/ws?topics=fill.*", receive_buffer=4096)
+        welcome = await peer.read_frame()
+        assert welcome is not None
+        assert b'"welcome"' in welcome[1]
+        pad = "x" * 1000
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            first = {"type": "t", "topic": "fill.x", "payload": {"n": -1}}
+            assert (await http.post("/events", json=first)).is_success
+            got = await peer.read_frame()  # written whole from the fan-out
+            assert got is not None
+            assert orjson.loads(got[1])["seq"] == 1
+            assert results == [Written.ALL]
+            for start in range(0, 600, 50):  # the peer reads nothing meanwhile
+                batch = [
+                    {"type": "t", "topic": "fill.x", "payload": {"n": n, "pad": pad}}
+                    for n in range(start, start + 50)
+                ]
+                assert (await http.post("/events", json=batch)).is_success
+        seqs: list[int] = []
+        while len(seqs) < 600:
+            got = await peer.read_frame()
+            assert got is not None
+            seqs.append(orjson.loads(got[1])["seq"])
+        assert seqs == list(range(2, 602))  # whole frames, in order, none lost
+        assert Written.PART in results  # a write was cut short and finished later
+        await peer.stream.aclose()

@@ -12,6 +12,7 @@ counted); nothing reaches the socket of another connection.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import math
 import time
@@ -78,6 +79,14 @@ def _raw(frame: Publish) -> str:
     return codec.dumps(frame.event if frame.event is not None else frame.events).decode()
 
 
+class Written(enum.Enum):
+    """What `WebSocketLike.send_now` did."""
+
+    NONE = "none"  # nothing: `send_many` must do it
+    ALL = "all"  # all of it (or dropped: the socket is closing)
+    PART = "part"  # begun: the next `send_many` (even of nothing) writes the rest first
+
+
 class WebSocketLike(Protocol):
     """The little a connection needs of a socket (ASGI in production, fakes in tests)."""
 
@@ -89,6 +98,9 @@ class WebSocketLike(Protocol):
 
     async def send_many(self, texts: list[bytes]) -> None:
         """Send each (UTF-8) text as its own message, in one write where the server can."""
+
+    def send_now(self, texts: list[bytes]) -> Written:
+        """`send_many` if the socket takes it at once, without waiting (never raises)."""
 
     async def close(self, code: int) -> None: ...
 
@@ -225,6 +237,7 @@ class Connection:
             log.exception("connection %d failed; closing it with 1011", self.conn_id)
             self.close_code = int(CloseCode.INTERNAL_ERROR)
         finally:
+            self._outbox.direct = None
             await bus.router.detach(self.conn_id)
         if peer_gone:
             self.close_code = -self.close_code
@@ -422,6 +435,8 @@ class Connection:
         outbox = self._outbox
         try:
             await self._ws.send_many([codec.encode_frame(self._welcome()), *first])
+            # from now on the router may write live events itself while this task is parked
+            outbox.direct = self._deliver_now
             overflows = 0
             while True:
                 # everything queued since the last write leaves now: one socket write, and with
@@ -440,16 +455,38 @@ class Connection:
                     await self._catch_up(taken.missed)
                 else:
                     outbox.wrote(taken.upto, len(taken.events))
-                self._delivered += len(taken.events)
-                if taken.oldest_accepted_at is not None:
-                    now = trio.current_time()
-                    latency = now - taken.oldest_accepted_at
-                    self._delivery.observe(latency)
-                    if now - self._last_sample >= LATENCY_SAMPLE_SECONDS:
-                        self._last_sample = now
-                        self._report_deliveries(latency)
+                self._count_deliveries(len(taken.events), taken.oldest_accepted_at)
         except Disconnected as exc:
             outbox.close(-exc.code)
+
+    def _deliver_now(self, events: list[bytes], oldest: float, upto: int) -> bool:
+        """Write live events from the router's fan-out, when the writer is parked and the
+        socket takes them at once: no task switch per delivery. False: the writer must."""
+        written = self._ws.send_now(self._messages(events))
+        if written is Written.NONE:
+            return False
+        if written is Written.PART:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_write)
+        self._outbox.wrote(upto, len(events))
+        self._count_deliveries(len(events), oldest)
+        return True
+
+    async def _finish_write(self) -> None:
+        try:
+            await self._ws.send_many([])  # writes what `send_now` could not
+        except Disconnected as exc:
+            self._outbox.close(-exc.code)
+
+    def _count_deliveries(self, events: int, oldest: float | None) -> None:
+        self._delivered += events
+        if oldest is not None:
+            now = trio.current_time()
+            latency = now - oldest
+            self._delivery.observe(latency)
+            if now - self._last_sample >= LATENCY_SAMPLE_SECONDS:
+                self._last_sample = now
+                self._report_deliveries(latency)
 
     def _welcome(self) -> Welcome:
         bus = self._bus
@@ -461,10 +498,11 @@ class Connection:
             limits=bus.config.limits(),
         )
 
-    async def _send_frames(self, frames: list[bytes]) -> None:
+    def _messages(self, frames: list[bytes]) -> list[bytes]:
+        """The messages that carry `frames`: one each, or with batching as few as
+        `batch_frame_bytes` allows (one JSON object per line)."""
         if not self._conversation.batch or len(frames) == 1:
-            await self._ws.send_many(frames)
-            return
+            return frames
         limit = self._bus.config.batch_frame_bytes
         messages: list[bytes] = []
         chunk: list[bytes] = []
@@ -476,7 +514,10 @@ class Connection:
             chunk.append(frame)
             size += len(frame) + 1
         messages.append(b"\n".join(chunk))
-        await self._ws.send_many(messages)  # one write
+        return messages
+
+    async def _send_frames(self, frames: list[bytes]) -> None:
+        await self._ws.send_many(self._messages(frames))  # one write
 
     async def _catch_up(self, missed: list[Missed]) -> None:
         """Send the missed events from the log, in pages, then return to live ones.

@@ -20,6 +20,7 @@ for `slow_consumer_seconds` without the writer getting a write through, the outb
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -28,8 +29,9 @@ import trio
 from ipt_bus.core.errors import CloseCode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable  # noqa: TC004 (an annotation attrs never evaluates)
+    from collections.abc import Callable, Iterable  # noqa: TC004 (annotations attrs never evaluates)
 
+log = logging.getLogger("ipt_bus.bus.outbox")
 MAX_MISSED_RANGES: Final = 8  # subscription changes while behind, before ranges are merged
 
 
@@ -74,6 +76,9 @@ class Outbox:
     _stalled_since: float | None = None  # events deferred, and no write got through since
     closed_code: int | None = None
     on_close: Callable[[], object] | None = None  # called once, when the outbox closes
+    # writes live events for a parked writer (events, oldest accepted_at, newest seq) if the
+    # socket takes them at once; False leaves them to the writer. Set by the connection.
+    direct: Callable[[list[bytes], float, int], bool] | None = None
     offered: int = 0  # matching events the router handed over
     deferred: int = 0  # of those, left in the log for the writer because the queue was full
     dropped: int = 0  # of those, offered after the outbox closed
@@ -147,6 +152,25 @@ class Outbox:
         elif now - self._stalled_since >= self.slow_consumer_seconds:
             self.close(CloseCode.SLOW_CONSUMER)
         return True
+
+    def flush(self) -> None:
+        """Hand over what was offered: written right here when the writer is parked with only
+        live events queued and the socket takes them at once (`direct`), else by waking the
+        writer. Called by the router once per fan-out round."""
+        if self._waiter is None:
+            return  # busy: it takes them when it is done
+        events = self._events
+        if events and self.direct is not None and not self._replies and not self._missed:
+            try:
+                done = self.closed_code is None and self.direct(events, self._oldest, self._head)
+            except Exception:  # the writer meets the same trouble in its own task
+                log.exception("writing from the fan-out failed; leaving it to the writer")
+                done = False
+            if done:
+                self._events = []
+                self._bytes = 0
+                return
+        self.wake()
 
     def wake(self) -> None:
         """Let the writer take what was offered (a no-op when it is not parked)."""

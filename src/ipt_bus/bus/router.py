@@ -187,7 +187,7 @@ class Router:
     def _wake_writers(self) -> None:
         for targets in self._unwoken.values():
             for outbox in targets:
-                outbox.wake()
+                outbox.flush()
         self._unwoken.clear()
         self._unwoken_events = 0
 

@@ -63,11 +63,12 @@ from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from ipt_bus.bus.connection import Disconnected
+from ipt_bus.bus.connection import Disconnected, Written
 
 log = logging.getLogger("ipt_bus.hypercorn")
 CHECKED_VERSIONS: Final = ("0.17", "0.18")
 WRITE_DEADLINE_ATTR: Final = "ipt_bus_write_deadline_seconds"
+OWED_ATTR: Final = "ipt_bus_owed"  # on a TCPServer: bytes a `send_now` left for `_send_bytes`
 DEFAULT_WRITE_DEADLINE_SECONDS: Final = 10.0  # when the hypercorn Config does not say
 
 DEFAULT_MESSAGE_DEADLINE_SECONDS: Final = 30.0
@@ -97,6 +98,10 @@ async def _send_bytes(self: TCPServer, data: bytes) -> None:
     except trio.WouldBlock:
         await self.send_lock.acquire()
     try:
+        owed = getattr(self, OWED_ATTR, None)
+        if owed is not None:  # what a write made without waiting could not finish goes first
+            setattr(self, OWED_ATTR, None)
+            data = owed + data
         sent = _write_now(self.stream, data)
         if sent == len(data):
             return
@@ -225,6 +230,34 @@ class DirectSender:
         # a failed write closes the stream through `handle`, which sets its closed event
         await _send_bytes(self._server, text_frames(texts))
 
+    def send_now(self, texts: list[bytes]) -> Written:
+        """`send` without waiting, for the router's fan-out: written whole, begun (the rest is
+        owed, and the next `send` writes it first), or not at all (the socket is busy, full,
+        or TLS: `send` must do it)."""
+        stream = self._stream
+        if (
+            stream.closed
+            or stream.state != ASGIWebsocketState.CONNECTED
+            or stream.connection.state != ConnectionState.OPEN
+        ):
+            return Written.ALL  # dropped, as `send` drops it
+        server = self._server
+        lock = server.send_lock
+        if lock.locked() or getattr(server, OWED_ATTR, None) is not None:
+            return Written.NONE
+        lock.acquire_nowait()
+        try:  # no await in here: nothing else can write meanwhile
+            data = text_frames(texts)
+            sent = _write_now(server.stream, data)
+            if sent == len(data):
+                return Written.ALL
+            if sent == 0:
+                return Written.NONE
+            setattr(server, OWED_ATTR, data[sent:])
+            return Written.PART
+        finally:
+            lock.release()
+
 
 def text_frames(texts: list[bytes]) -> bytes:
     """Unmasked, unfragmented text frames (RFC 6455 §5.2), as wsproto writes them, of texts
@@ -308,6 +341,8 @@ def _ping_now(stream: WSStream) -> None:
     tcp = _tcp_server(stream)
     if tcp is None:
         return
+    if getattr(tcp, OWED_ATTR, None) is not None:
+        return  # bytes are in flight anyway, and they must go first
     try:
         tcp.send_lock.acquire_nowait()
     except trio.WouldBlock:
@@ -439,6 +474,9 @@ class AsgiWebSocket:
 
     async def send(self, text: bytes) -> None:
         await self.send_many([text])
+
+    def send_now(self, texts: list[bytes]) -> Written:
+        return Written.NONE if self._direct is None else self._direct.send_now(texts)
 
     async def send_many(self, texts: list[bytes]) -> None:
         if self._direct is not None:
