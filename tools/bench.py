@@ -469,7 +469,7 @@ async def idle_rss(connections: int) -> dict[str, Any]:
         spec = {"idle": True, "sub_url": f"ws://127.0.0.1:{port}/ws", "subscribers": connections}
         argv = ["taskset", "-c", "1", "node", str(LOADGEN / "loadgen.mjs")]
         node = await trio.lowlevel.open_process(
-            [*argv, json.dumps({**spec, "concurrency": int(os.environ.get("CONC", "100"))})],
+            [*argv, json.dumps({**spec, "concurrency": 100})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             preexec_fn=_raise_nofile,

@@ -242,21 +242,18 @@ class DirectSender:
         ):
             return Written.ALL  # dropped, as `send` drops it
         server = self._server
-        lock = server.send_lock
-        if lock.locked() or getattr(server, OWED_ATTR, None) is not None:
+        if server.send_lock.locked() or getattr(server, OWED_ATTR, None) is not None:
+            return Written.NONE  # a write is under way, or bytes are owed: they go first
+        # No await from here on, so no other task can write meanwhile: the lock is free and
+        # stays free without being taken (taking and releasing it cost ~1 µs per delivery).
+        data = text_frames(texts)
+        sent = _write_now(server.stream, data)
+        if sent == len(data):
+            return Written.ALL
+        if sent == 0:
             return Written.NONE
-        lock.acquire_nowait()
-        try:  # no await in here: nothing else can write meanwhile
-            data = text_frames(texts)
-            sent = _write_now(server.stream, data)
-            if sent == len(data):
-                return Written.ALL
-            if sent == 0:
-                return Written.NONE
-            setattr(server, OWED_ATTR, data[sent:])
-            return Written.PART
-        finally:
-            lock.release()
+        setattr(server, OWED_ATTR, data[sent:])
+        return Written.PART
 
 
 def text_frames(texts: list[bytes]) -> bytes:
@@ -341,27 +338,14 @@ def _ping_now(stream: WSStream) -> None:
     tcp = _tcp_server(stream)
     if tcp is None:
         return
-    if getattr(tcp, OWED_ATTR, None) is not None:
-        return  # bytes are in flight anyway, and they must go first
-    try:
-        tcp.send_lock.acquire_nowait()
-    except trio.WouldBlock:
+    if tcp.send_lock.locked():
         return  # a write is in progress: bytes are in flight anyway
-    try:
-        data = stream.connection.send(Ping())
-        sent = _write_now(tcp.stream, data)
-        if 0 < sent < len(data):  # a frame cut short cannot be finished here: drop the peer
-            trio.lowlevel.spawn_system_task(_drop, tcp, name="ipt_bus drop")
-    finally:
-        tcp.send_lock.release()
-
-
-async def _drop(tcp: TCPServer) -> None:
-    try:
-        await trio.aclose_forcefully(tcp.stream)
-        await tcp.protocol.handle(Closed())
-    except Exception:
-        log.exception("dropping a connection failed")
+    # no await from here on: nothing else writes meanwhile (as in `DirectSender.send_now`)
+    owed = getattr(tcp, OWED_ATTR, None)
+    data = owed if owed is not None else stream.connection.send(Ping())  # owed bytes go first
+    sent = _write_now(tcp.stream, data)
+    if owed is not None or 0 < sent < len(data):
+        setattr(tcp, OWED_ATTR, data[sent:] if sent < len(data) else None)
 
 
 async def _put(app_put: Any, message: Any) -> None:
