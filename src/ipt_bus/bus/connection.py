@@ -29,7 +29,7 @@ from ipt_bus.bus.ingress import Offer, Origin
 from ipt_bus.bus.node import BusHandle
 from ipt_bus.bus.outbox import Missed, Outbox
 from ipt_bus.bus.router import Answer, Peer, wait_published
-from ipt_bus.bus.stats import Closed, Counted, Delivered, Histogram, Opened, PublishDuration
+from ipt_bus.bus.stats import Closed, Counted, Delivered, Histogram, Opened, PublishDurations
 from ipt_bus.core import codec
 from ipt_bus.core.auth import Forbidden, Identity
 from ipt_bus.core.errors import (
@@ -119,6 +119,8 @@ class _Pipeline:
     answers: trio.MemorySendChannel[Answer]
     answers_rx: trio.MemoryReceiveChannel[Answer]
     token: int = 0
+    durations: Histogram = attrs.field(factory=Histogram)  # since the last report
+    reported: float = 0.0  # trio time of the last report
 
     @classmethod
     def open(cls, size: int) -> _Pipeline:
@@ -246,8 +248,15 @@ class Connection:
                 with contextlib.suppress(Disconnected):
                     await self._ws.close(self.close_code)
         self._report_deliveries(None)
+        if self._pipeline is not None:
+            self._report_publishes(self._pipeline)
         bus.stats.record(Closed(self.conn_id, self.close_code))
         return self.close_code
+
+    def _report_publishes(self, pipeline: _Pipeline) -> None:
+        if any(pipeline.durations.counts):
+            self._bus.stats.record(PublishDurations(pipeline.durations))
+            pipeline.durations = Histogram()
 
     def _report_deliveries(self, sample: float | None) -> None:
         if self._delivered or sample is not None:
@@ -366,7 +375,11 @@ class Connection:
             result: list[Published] | BusError
             try:
                 result = await pipeline.answer_for(token, timeout)
-                self._bus.stats.record(PublishDuration(trio.current_time() - received))
+                now = trio.current_time()
+                pipeline.durations.observe(now - received)
+                if now - pipeline.reported >= LATENCY_SAMPLE_SECONDS:
+                    pipeline.reported = now
+                    self._report_publishes(pipeline)
             except BusError as exc:
                 if isinstance(exc, StorageError):
                     ingress.failed(self._bus, self._origin, partial(_raw, frame), exc)

@@ -99,6 +99,14 @@ class PublishDuration:
 
 
 @attrs.frozen
+class PublishDurations:
+    """A connection's publishes since its last report (WebSockets report every 250 ms, not per
+    publish: a fast publisher would send the stats actor a message per event)."""
+
+    durations: Histogram
+
+
+@attrs.frozen
 class Opened:
     conn_id: int
 
@@ -125,6 +133,7 @@ StatsCommand = (
     | Counted
     | Delivered
     | PublishDuration
+    | PublishDurations
     | Opened
     | Closed
     | Refused
@@ -186,6 +195,8 @@ class Stats:
                     self._latency.append(sample)
             case PublishDuration(seconds=seconds):
                 self._publishing.observe(seconds)
+            case PublishDurations(durations=durations):
+                self._publishing.add(durations)
             case Opened(conn_id=conn_id):
                 self._open[conn_id] = now
                 self._this_second(now).opens += 1
