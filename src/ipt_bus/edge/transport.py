@@ -124,7 +124,8 @@ async def _send_bytes(self: TCPServer, data: bytes) -> None:
 def _write_now(stream: Any, data: bytes) -> int:
     """Write what the socket takes without waiting; 0 where only trio's path may write.
 
-    Called with the send lock held, so no other write interleaves. The descriptor is read at
+    Called with the send lock held, or with it free and no await until the write is done
+    (`send_now`, the pinger), so no other write interleaves. The descriptor is read at
     each call: a closed trio socket reports -1, never a number reused by another connection.
     Errors are left to trio's `send_all`, which raises them as its own exceptions.
     """
