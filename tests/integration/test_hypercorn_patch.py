@@ -134,3 +134,19 @@ async def test_writes_from_the_fan_out_that_fill_the_socket_finish_in_order(
         assert seqs == list(range(2, 602))  # whole frames, in order, none lost
         assert Written.PART in results  # a write was cut short and finished later
         await peer.stream.aclose()
+
+
+def test_hypercorn_runs_ping_tasks_only_for_tls() -> None:
+    """Plain-TCP WebSockets are pinged by the run's one pinger (`ping_every`); hypercorn's task
+    per connection stays only where that pinger cannot write (TLS)."""
+    import os
+    import socket
+
+    from ipt_bus.core.config import BusConfig
+    from ipt_bus.server import hypercorn_config
+
+    for certfile, expected in ((None, None), ("cert.pem", 25.0)):
+        config = BusConfig(port=0, certfile=certfile, keyfile=certfile)
+        hc = hypercorn_config(config, socket.socket())
+        os.close(int(hc.bind[0].removeprefix("fd://")))  # hypercorn would have taken it over
+        assert hc.websocket_ping_interval == expected

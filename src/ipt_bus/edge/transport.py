@@ -243,12 +243,17 @@ class DirectSender:
         ):
             return Written.ALL  # dropped, as `send` drops it
         server = self._server
-        if server.send_lock.locked() or getattr(server, OWED_ATTR, None) is not None:
+        socket_stream: Any = server.stream  # typed as TLS by hypercorn
+        if (
+            server.send_lock.locked()
+            or getattr(server, OWED_ATTR, None) is not None
+            or type(socket_stream) is not trio.SocketStream  # TLS sees every byte: `send`
+        ):
             return Written.NONE  # a write is under way, or bytes are owed: they go first
         # No await from here on, so no other task can write meanwhile: the lock is free and
         # stays free without being taken (taking and releasing it cost ~1 µs per delivery).
         data = text_frames(texts)
-        sent = _write_now(server.stream, data)
+        sent = _write_now(socket_stream, data)
         if sent == len(data):
             return Written.ALL
         if sent == 0:
