@@ -269,6 +269,7 @@ async def dead_peer() -> dict[str, Any]:
             storage="memory",
             ping_interval_seconds=1.0,
             tcp_user_timeout_seconds=5.0,
+            allow_anonymous=True,  # a private veth address, this machine only
         )
         async with trio.open_nursery() as nursery:
             server = await nursery.start(serve, config)
@@ -277,7 +278,8 @@ async def dead_peer() -> dict[str, Any]:
                 "import socket, base64, os, time\n"
                 f"s = socket.create_connection(('{HOST_IP}', {port}))\n"
                 "k = base64.b64encode(os.urandom(16)).decode()\n"
-                "s.sendall(('GET /ws HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n'"
+                f"s.sendall(('GET /ws HTTP/1.1\\r\\nHost: {HOST_IP}:{port}\\r\\n'"
+                " 'Upgrade: websocket\\r\\n'"
                 " 'Connection: Upgrade\\r\\nSec-WebSocket-Key: ' + k +"
                 " '\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n').encode())\n"
                 "s.recv(4096)\n"
