@@ -459,3 +459,26 @@ async def test_a_failing_log_is_storage_unavailable_and_nothing_is_acked(
         answer = await request(conn, {"action": "publish", "id": 1, "event": event()})
         assert answer["error"]["code"] == "storage_unavailable"
         assert server.bus.log.last_seq == 0
+
+
+async def test_the_pinger_writes_owed_bytes_before_any_ping() -> None:
+    """Bytes a write without waiting could not finish are owed; on an idle connection the
+    pinger writes them on its next round, and pings again only once nothing is owed."""
+    from ipt_bus.edge import transport
+
+    async with running_server(ping_interval_seconds=0.05) as server:
+        peer = await raw(server)
+        async with peer.stream:
+            welcome = await peer.read_frame()
+            assert welcome is not None
+            (pinged,) = transport._PINGED.get().values()
+            (stream,) = list(pinged)
+            tcp = transport._tcp_server(stream)
+            assert tcp is not None
+            setattr(tcp, transport.OWED_ATTR, transport.text_frames([b'{"owed":true}']))
+            got = await peer.read_frame()
+            assert got == (TEXT, b'{"owed":true}')  # before any ping
+            assert getattr(tcp, transport.OWED_ATTR) is None
+            got = await peer.read_frame()
+            assert got is not None
+            assert got[0] == PING
