@@ -11,7 +11,9 @@ subscriptions in effect when it was published, whether it is delivered live or f
 A resume (`since=`) starts the outbox with a missed range.
 Replies (acks, errors) to the connection's own actions go through `reply`, which waits when that
 lane is full: a client that floods actions without reading is slowed down, never fed gaps in its
-acks. The writer takes everything waiting at once with `take`, so a backlog leaves in one go.
+acks. The writer takes everything waiting at once with `take`, so a backlog leaves in one go;
+while it is parked, `flush` may instead hand live events to `direct` (the router's fan-out
+writing them to the socket itself).
 
 A peer that stops reading does not pin memory either: once events have been deferred to the log
 for `slow_consumer_seconds` without the writer getting a write through, the outbox closes with
@@ -120,8 +122,8 @@ class Outbox:
     def offer(self, data: bytes, seq: int, accepted_at: float) -> bool:
         """Queue one encoded event, or leave it to the log when the queue is full (or behind).
 
-        Does not wake the writer: the router calls `wake` once it has offered what is coming,
-        so a writer takes many events per wake-up under load. Returns False only when the
+        Does not wake the writer: the router calls `flush` once per fan-out round, so a writer
+        takes many events per wake-up under load. Returns False only when the
         outbox is closed (the event is dropped for it).
         """
         self.offered += 1

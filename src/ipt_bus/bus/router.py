@@ -111,14 +111,13 @@ class Router:
     _route_cache_topics: int = 10_000  # a topic per event must not grow `_targets` for ever
     _per_identity: Counter[str] = attrs.field(factory=Counter)
     _next_id: ConnId = 1
-    _batch_connections: int = 0  # attached connections with batching on
     _index: TopicIndex[ConnId] = attrs.field(factory=TopicIndex)
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _peers: dict[ConnId, Peer] = attrs.field(factory=dict)
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _changed: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per (de)attach
     _closing: int | None = None  # CloseAll code: connections attaching now are closed at once
-    # the target tuples offered events since the last wake-up (by id), and when the first was
+    # the target tuples offered events since writers were last woken (by id), and how many events
     _unwoken: dict[int, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _unwoken_events: int = 0
 
@@ -313,7 +312,6 @@ class Router:
             return
         self._count_changed()
         self._peers[conn_id] = command.peer
-        self._batch_connections += command.peer.batch
         if who is not None:
             self._per_identity[who] += 1
         command.outbox.start(self._index.patterns(conn_id), self._log.last_seq, command.since)
@@ -357,15 +355,13 @@ class Router:
         held = self._index.patterns(command.conn_id)
         self._outboxes[command.conn_id].resubscribed(held, self._log.last_seq)
         peer = self._peers[command.conn_id]
-        if command.batch is not None and command.batch != peer.batch:
-            self._batch_connections += 1 if command.batch else -1
+        if command.batch is not None:
             peer.batch = command.batch
         _answer(command.reply, held)
 
     def _on_detach(self, command: Detach) -> None:
         if self._outboxes.pop(command.conn_id, None) is not None:
             peer = self._peers.pop(command.conn_id)
-            self._batch_connections -= peer.batch
             if peer.identity is not None:
                 self._per_identity[peer.identity] -= 1
                 if not self._per_identity[peer.identity]:
@@ -382,13 +378,9 @@ class Router:
         outboxes = self._outboxes.values()
         return RouterStatistics(
             connections=len(outboxes),
-            batch_connections=self._batch_connections,
             catching_up=sum(o.behind for o in outboxes),
             max_lag=max((o.lag for o in outboxes), default=0),
         )
-
-    def statistics_batch(self) -> int:
-        return self._batch_connections
 
     def subscribers(self, topic: str) -> int:
         """How many connections hold a pattern that matches `topic` (presence)."""
@@ -416,7 +408,6 @@ class Router:
 @attrs.frozen
 class RouterStatistics:
     connections: int
-    batch_connections: int  # of those, with batching on
     catching_up: int  # connections reading missed events from the log
     max_lag: int  # the largest `Outbox.lag` (in seq)
 
@@ -611,11 +602,6 @@ class RouterHandle:
 
     def statistics(self) -> RouterStatistics:
         return self._router.statistics()
-
-    @property
-    def batch_connections(self) -> int:
-        """Attached connections with batching on (cheap: read on every batch write)."""
-        return self._router.statistics_batch()
 
     def connections(self, offset: int = 0, limit: int = 100) -> list[ConnectionView]:
         return self._router.connections(offset, limit)

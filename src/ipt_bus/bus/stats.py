@@ -41,6 +41,12 @@ class Histogram:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
 
+    @classmethod
+    def of(cls, seconds: float) -> Histogram:
+        one = cls()
+        one.observe(seconds)
+        return one
+
     def add(self, other: Histogram) -> None:
         for i, n in enumerate(other.counts):
             self.counts[i] += n
@@ -92,16 +98,10 @@ class Delivered:
 
 
 @attrs.frozen
-class PublishDuration:
-    """A publish: from its request's arrival to its acknowledgement."""
-
-    seconds: float
-
-
-@attrs.frozen
 class PublishDurations:
-    """A connection's publishes since its last report (WebSockets report every 250 ms, not per
-    publish: a fast publisher would send the stats actor a message per event)."""
+    """Publishes, each from its request's arrival to its acknowledgement: one REST request, or a
+    WebSocket's since its last report (every 250 ms, not per publish: a fast publisher would
+    send the stats actor a message per event)."""
 
     durations: Histogram
 
@@ -132,7 +132,6 @@ StatsCommand = (
     | Dropped
     | Counted
     | Delivered
-    | PublishDuration
     | PublishDurations
     | Opened
     | Closed
@@ -193,8 +192,6 @@ class Stats:
                 self._delivery.add(latency)
                 if sample is not None:
                     self._latency.append(sample)
-            case PublishDuration(seconds=seconds):
-                self._publishing.observe(seconds)
             case PublishDurations(durations=durations):
                 self._publishing.add(durations)
             case Opened(conn_id=conn_id):

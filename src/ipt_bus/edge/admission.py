@@ -70,7 +70,7 @@ async def serve_websocket(bus: BusHandle | None, scope: Any, receive: Any, send:
         await http.send_answer(send, status, body, headers, websocket=True)
         return
     await send({"type": "websocket.accept"})
-    if cfg.ping_interval_seconds is not None and cfg.certfile is None:
+    if cfg.ping_interval_seconds is not None:  # TLS: hypercorn's own task pings instead
         transport.ping_every(send, cfg.ping_interval_seconds)
     await connection.run()
 

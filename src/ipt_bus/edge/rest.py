@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from ipt_bus import __version__
 from ipt_bus.bus import ingress
 from ipt_bus.bus.ingress import Offer, Origin
-from ipt_bus.bus.stats import PublishDuration
+from ipt_bus.bus.stats import Histogram, PublishDurations
 from ipt_bus.core import codec, schemas
 from ipt_bus.core.auth import Forbidden
 from ipt_bus.core.errors import BusClosed, BusError, ErrorCode, ProtocolError
@@ -121,7 +121,7 @@ async def post_events(bus: BusHandle | None, scope: Any, receive: Any, send: Any
     try:
         bus = running(bus)
         status, answer = 201, codec.dumps(await _post_events(bus, scope, body))
-        bus.stats.record(PublishDuration(trio.current_time() - received))
+        bus.stats.record(PublishDurations(Histogram.of(trio.current_time() - received)))
     except BusError as exc:
         status, answer, headers = http.error_parts(exc)
         await body.discard_rest()

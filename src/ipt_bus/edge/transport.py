@@ -202,6 +202,21 @@ def _tcp_server(stream: WSStream) -> TCPServer | None:
     return server if isinstance(server, TCPServer) else None
 
 
+def _plain_socket(server: TCPServer | None) -> trio.SocketStream | None:
+    """The connection's socket where bytes may be written to it directly (not TLS)."""
+    stream: Any = None if server is None else server.stream  # typed as TLS by hypercorn
+    return stream if type(stream) is trio.SocketStream else None
+
+
+def _open(stream: WSStream) -> bool:
+    """Whether the WebSocket still takes messages (hypercorn drops them once it is closing)."""
+    return (
+        not stream.closed
+        and stream.state == ASGIWebsocketState.CONNECTED
+        and stream.connection.state == ConnectionState.OPEN
+    )
+
+
 @attrs.frozen
 class DirectSender:
     """Sends text messages on one hypercorn HTTP/1.1 WebSocket without the ASGI layers."""
@@ -221,12 +236,7 @@ class DirectSender:
     async def send(self, texts: list[bytes]) -> None:
         """Each (UTF-8) text as its own message, all in one write; dropped once the socket is
         closing, as hypercorn drops a `websocket.send` then."""
-        stream = self._stream
-        if (
-            stream.closed
-            or stream.state != ASGIWebsocketState.CONNECTED
-            or stream.connection.state != ConnectionState.OPEN
-        ):
+        if not _open(self._stream):
             return
         # a failed write closes the stream through `handle`, which sets its closed event
         await _send_bytes(self._server, text_frames(texts))
@@ -235,19 +245,14 @@ class DirectSender:
         """`send` without waiting, for the router's fan-out: written whole, begun (the rest is
         owed, and the next `send` writes it first), or not at all (the socket is busy, full,
         or TLS: `send` must do it)."""
-        stream = self._stream
-        if (
-            stream.closed
-            or stream.state != ASGIWebsocketState.CONNECTED
-            or stream.connection.state != ConnectionState.OPEN
-        ):
+        if not _open(self._stream):
             return Written.ALL  # dropped, as `send` drops it
         server = self._server
-        socket_stream: Any = server.stream  # typed as TLS by hypercorn
+        socket_stream = _plain_socket(server)
         if (
-            server.send_lock.locked()
+            socket_stream is None  # TLS sees every byte: `send`
+            or server.send_lock.locked()
             or getattr(server, OWED_ATTR, None) is not None
-            or type(socket_stream) is not trio.SocketStream  # TLS sees every byte: `send`
         ):
             return Written.NONE  # a write is under way, or bytes are owed: they go first
         # No await from here on, so no other task can write meanwhile: the lock is free and
@@ -297,9 +302,7 @@ def ping_every(send: Any, interval: float) -> bool:
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream):
         return False
-    tcp = _tcp_server(stream)
-    socket_stream: Any = None if tcp is None else tcp.stream  # typed as TLS by hypercorn
-    if type(socket_stream) is not trio.SocketStream:
+    if _plain_socket(_tcp_server(stream)) is None:
         return False
     _pinged(interval).add(stream)
     return True
@@ -330,7 +333,7 @@ async def _pinger(streams: weakref.WeakSet[WSStream], interval: float) -> None:
     while True:
         await trio.sleep(interval)
         for stream in list(streams):
-            if stream.closed or stream.connection.state != ConnectionState.OPEN:
+            if not _open(stream):
                 streams.discard(stream)
                 continue
             try:
