@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -11,6 +13,11 @@ import trio.testing
 from ipt_bus.bus.connection import Connection, ConnectParams, Disconnected, Written
 from ipt_bus.bus.node import run_bus
 from ipt_bus.core.config import BusConfig
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ipt_bus.bus.node import BusHandle
 
 
 class FakeSocket:
@@ -54,23 +61,32 @@ class FakeSocket:
         self.closed = code
 
 
+@contextlib.asynccontextmanager
+async def connected(
+    sock: FakeSocket, params: ConnectParams, **config: Any
+) -> AsyncIterator[BusHandle]:
+    """A memory bus with one connection over `sock`, running; shut down on the way out."""
+    settings = BusConfig(port=0, storage="memory", gc_threshold=None, **config)
+    async with trio.open_nursery() as nursery:
+        bus = await nursery.start(run_bus, settings)
+        connection = Connection(sock, bus, params)
+        await connection.attach()
+        nursery.start_soon(connection.run)
+        yield bus
+        bus.shutdown()
+
+
 async def test_a_client_past_the_frame_rate_is_read_slower(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    config = BusConfig(port=0, storage="memory", max_frames_per_second=100, gc_threshold=None)
     sock = FakeSocket(['{"action": "ping"}'] * 300, pongs_wanted=300)
-    async with trio.open_nursery() as nursery:
-        bus = await nursery.start(run_bus, config)
-        start = trio.current_time()
-        connection = Connection(sock, bus, ConnectParams())
-        await connection.attach()
-        nursery.start_soon(connection.run)
+    start = trio.current_time()
+    async with connected(sock, ConnectParams(), max_frames_per_second=100):
         await sock.all_pongs.wait()
         pongs = [t for t, text in sock.sent if b'"pong"' in text]
         # a burst of 100 at once, then 100 a second: the 300th after about 2 s
         assert math.isclose(pongs[99] - start, 0, abs_tol=0.05)
         assert 1.9 <= pongs[-1] - start <= 2.2
-        bus.shutdown()
     assert sock.closed == 1001
 
 
@@ -81,13 +97,8 @@ async def test_batching_holds_nothing_back_for_a_timer(
     clock stands still and every event is written (there used to be a 50 ms window)."""
     from ipt_bus.core.model import Event
 
-    config = BusConfig(port=0, storage="memory", gc_threshold=None)
     sock = FakeSocket([])
-    async with trio.open_nursery() as nursery:
-        bus = await nursery.start(run_bus, config)
-        connection = Connection(sock, bus, ConnectParams(batch=True))
-        await connection.attach()
-        nursery.start_soon(connection.run)
+    async with connected(sock, ConnectParams(batch=True)) as bus:
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
         for i in range(3):
@@ -95,7 +106,6 @@ async def test_batching_holds_nothing_back_for_a_timer(
             await trio.testing.wait_all_tasks_blocked()
             assert sum(b'"seq"' in text for _, text in sock.sent[1:]) == i + 1
         assert all(at == start for at, _ in sock.sent[1:])
-        bus.shutdown()
 
 
 async def test_the_fan_out_writes_to_a_parked_writers_socket_itself() -> None:
@@ -103,14 +113,9 @@ async def test_the_fan_out_writes_to_a_parked_writers_socket_itself() -> None:
     per round with batching; replies still go through the connection's writer."""
     from ipt_bus.core.model import Event
 
-    config = BusConfig(port=0, storage="memory", gc_threshold=None)
     sock = FakeSocket(['{"action": "ping", "id": 1}'], pongs_wanted=1)
     sock.direct = True
-    async with trio.open_nursery() as nursery:
-        bus = await nursery.start(run_bus, config)
-        connection = Connection(sock, bus, ConnectParams(batch=True))
-        await connection.attach()
-        nursery.start_soon(connection.run)
+    async with connected(sock, ConnectParams(batch=True)) as bus:
         await sock.all_pongs.wait()
         await trio.testing.wait_all_tasks_blocked()
         events = [Event(type="t", topic="x", payload={"n": i}) for i in range(3)]
@@ -122,4 +127,3 @@ async def test_the_fan_out_writes_to_a_parked_writers_socket_itself() -> None:
         assert len(texts) == 3
         assert [orjson.loads(line)["seq"] for line in texts[2].split(b"\n")] == [1, 2, 3]
         assert sock.direct_writes == 1
-        bus.shutdown()

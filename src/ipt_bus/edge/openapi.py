@@ -51,6 +51,7 @@ _LIMIT: Final = {
     "schema": {"type": "integer", "minimum": 0},
     "description": "how many (default 100, at most 1,000)",
 }
+_PAGE_LIMIT: Final = {**_LIMIT, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 
 
 def _event_schemas() -> dict[str, Any]:
@@ -262,7 +263,7 @@ def document(version: str) -> dict[str, Any]:
             "get": {
                 "summary": "WebSocket connections (admin)",
                 "parameters": [
-                    {**_LIMIT, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    _PAGE_LIMIT,
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                 ],
                 "responses": {
@@ -300,7 +301,7 @@ def document(version: str) -> dict[str, Any]:
             "get": {
                 "summary": "Dead letters (admin)",
                 "parameters": [
-                    {**_LIMIT, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    _PAGE_LIMIT,
                     {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                 ],
                 "responses": {
