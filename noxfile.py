@@ -15,17 +15,18 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
-    if not session.posargs:  # the REST and WebSocket suites again, on the default SQLite log
-        session.run(
-            "coverage",
-            "run",
-            "-m",
-            "pytest",
-            "-q",
-            "tests/integration/test_rest.py",
-            "tests/integration/test_ws.py",
-            env={"IPT_BUS_TEST_STORAGE": "sqlite"},
-        )
+    if not session.posargs:  # the REST and WebSocket suites again, on SQLite and on Redis
+        for storage in ("sqlite", "redis"):
+            session.run(
+                "coverage",
+                "run",
+                "-m",
+                "pytest",
+                "-q",
+                "tests/integration/test_rest.py",
+                "tests/integration/test_ws.py",
+                env={"IPT_BUS_TEST_STORAGE": storage},
+            )
         session.run("coverage", "combine", "-q")
         session.run("coverage", "report")
 

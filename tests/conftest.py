@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,10 @@ from ipt_bus.core.config import BusConfig
 from ipt_bus.core.schemas import SCHEMAS
 from ipt_bus.server import Server, serve
 from tests import rawws
+from tests.redisproc import redis_server
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 RECEIVE_SECONDS = 10
 
@@ -31,12 +33,37 @@ def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("IPT_BUS_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `redis-server` for the session; each user takes its own key prefix."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as redis:
+        yield redis.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_storage_runs(request: pytest.FixtureRequest) -> None:
+    """IPT_BUS_TEST_STORAGE=redis: every in-process server logs to the session's Redis."""
+    if os.environ.get("IPT_BUS_TEST_STORAGE") == "redis":
+        os.environ["IPT_BUS_TEST_REDIS_URL"] = request.getfixturevalue("redis_url")
+
+
+def unique_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
 @asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[Server]:
-    # IPT_BUS_TEST_STORAGE=sqlite runs every in-process server on a fresh SQLite log
+    # IPT_BUS_TEST_STORAGE=sqlite runs every in-process server on a fresh SQLite log, =redis on
+    # a fresh log in the session's Redis
     storage = os.environ.get("IPT_BUS_TEST_STORAGE", "memory")
     with tempfile.TemporaryDirectory(prefix="ipt-bus-test-") as data_dir:
-        base = BusConfig(port=0, storage=storage, gc_threshold=None, data_dir=data_dir)  # type: ignore[arg-type]
+        shared: dict[str, Any] = {}
+        if storage == "redis":
+            shared = {
+                "redis_url": os.environ["IPT_BUS_TEST_REDIS_URL"],
+                "redis_prefix": unique_prefix(),
+            }
+        base = BusConfig(port=0, storage=storage, gc_threshold=None, data_dir=data_dir, **shared)  # type: ignore[arg-type]
         config = attrs.evolve(base, **overrides)
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(serve, config)

@@ -6,7 +6,7 @@ to core 1. Its WebSocket receivers do not decode events: they split frames and s
 Every workload reports the load generator's CPU use so a saturated generator is visible.
 
     python tools/bench.py [--quick]
-                          [--only fanout,latency,paused,idle,rest,codec,auth,durable,client]
+                          [--only fanout,latency,paused,idle,rest,codec,auth,durable,client,redis]
                           [--json FILE]
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gc
 import json
 import os
@@ -85,13 +86,61 @@ STORAGE_ARGS: dict[str, list[str]] = {
 
 
 @contextmanager
-def server(
-    kind: str, port: int, storage: str = "memory", *, auth: bool = False
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to core 0.
+def redis_for_bench() -> Iterator[str]:
+    """A `redis-server` for the `redis` rows, pinned to core 0 beside the bus (its CPU counts
+    as the server side's), with `appendfsync always`: an ack means what `--durability safe`
+    means (docs/scaling.md). Sets STORAGE_ARGS["redis"]; yields its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ipt-bus-bench-redis-") as directory:
+        proc = subprocess.Popen(
+            [
+                *("taskset", "-c", "0", "redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.05)
+            url = f"redis://127.0.0.1:{port}/0"
+            STORAGE_ARGS["redis"] = ["--storage", "redis", "--redis-url", url]
+            REDIS_PIDS[:] = [proc.pid]
+            yield url
+        finally:
+            STORAGE_ARGS.pop("redis", None)
+            REDIS_PIDS.clear()
+            proc.terminate()
+            proc.wait(10)
 
-    `storage`: memory, or safe / fast (SQLite in a fresh temporary directory). `auth`: the bus
-    requires tokens signed with `SECRET`.
+
+REDIS_PIDS: list[int] = []  # the bench's redis-server, while the `redis` rows run
+
+
+@contextmanager
+def server(
+    kind: str,
+    port: int,
+    storage: str = "memory",
+    *,
+    auth: bool = False,
+    cpus: str = "0",
+    prefix: str | None = None,
+    workers: int = 1,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `bus` (ipt-bus serve) or `bare` (tools/bare_broadcaster.py) pinned to `cpus`.
+
+    `storage`: memory, safe / fast (SQLite in a fresh temporary directory), or redis (in the
+    `redis_for_bench` Redis, under `prefix`: nodes with the same one are one bus). `auth`: the
+    bus requires tokens signed with `SECRET`. `workers`: `--workers N` (redis only).
     """
     data_dir = tempfile.TemporaryDirectory(prefix="ipt-bus-bench-")
     secret = Path(data_dir.name) / "secret"
@@ -109,12 +158,14 @@ def server(
             "--data-dir",
             data_dir.name,
             *STORAGE_ARGS[storage],
+            *(["--redis-prefix", prefix or f"bench{port}"] if storage == "redis" else []),
+            *(["--workers", str(workers)] if workers > 1 else []),
             *(["--auth-secret-file", str(secret)] if auth else []),
         ]
     else:
         argv = [sys.executable, str(ROOT / "tools" / "bare_broadcaster.py"), str(port)]
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", *argv],
+        ["taskset", "-c", cpus, *argv],
         preexec_fn=_raise_nofile,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -267,16 +318,36 @@ async def _clients(
 LOADGEN = ROOT / "tools" / "loadgen"  # Node.js, no packages: see loadgen.mjs
 
 
-async def loadgen(proc: subprocess.Popen[bytes], spec: dict[str, Any]) -> dict[str, Any]:
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (the workers of `--workers`)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += tree_cpu_seconds(int(child))
+    return total
+
+
+async def loadgen(
+    proc: subprocess.Popen[bytes] | list[subprocess.Popen[bytes]], spec: dict[str, Any]
+) -> dict[str, Any]:
     """Run tools/loadgen/loadgen.mjs on core 1 with `spec`; adds the server's CPU use over the
-    measured window (the generator says when counting starts)."""
+    measured window (the generator says when counting starts): of every process in `proc`, with
+    their children, and of the bench's Redis as `redis_cpu` when it runs."""
+    procs = proc if isinstance(proc, list) else [proc]
+
+    def server_cpu() -> float:
+        return sum(tree_cpu_seconds(p.pid) for p in procs)
+
+    def redis_cpu() -> float:
+        return sum(cpu_seconds(pid) for pid in REDIS_PIDS)
+
     spec = {"warmup": 1.0, "grace": 3.0, "pad": PAD, "ack": False, "in_flight": 64, **spec}
     argv = ["taskset", "-c", "1", "node", str(LOADGEN / "loadgen.mjs"), json.dumps(spec)]
     node = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, preexec_fn=_raise_nofile)
     try:
         assert node.stdout is not None
         buf = b""
-        cpu0 = t0 = 0.0
+        cpu0 = t0 = redis0 = 0.0
         while True:
             chunk = await node.stdout.receive_some(65536)
             if not chunk:
@@ -286,10 +357,12 @@ async def loadgen(proc: subprocess.Popen[bytes], spec: dict[str, Any]) -> dict[s
                 line, buf = buf.split(b"\n", 1)
                 got = json.loads(line)
                 if got.get("phase") == "counting":
-                    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                    cpu0, redis0, t0 = server_cpu(), redis_cpu(), time.monotonic()
                     continue
                 elapsed = time.monotonic() - t0
-                got["server_cpu"] = round((cpu_seconds(proc.pid) - cpu0) / elapsed, 2)
+                got["server_cpu"] = round((server_cpu() - cpu0) / elapsed, 2)
+                if REDIS_PIDS:
+                    got["redis_cpu"] = round((redis_cpu() - redis0) / elapsed, 2)
                 got["loadgen_cpu"] = round(got["loadgen_cpu"], 2)
                 return dict(got)
     finally:
@@ -388,6 +461,72 @@ async def latency(
         "lost_pct": round(100 * (expected - got["received"]) / expected, 2),
         "server_cpu": got["server_cpu"],
         "loadgen_cpu": got["loadgen_cpu"],
+    }
+
+
+async def nodes_run(
+    subscribers: int, seconds: float, *, nodes: int = 1, workers: int = 1, rate: int = 0
+) -> dict[str, Any]:
+    """Redis storage: `nodes` bus processes on one Redis (node i pinned to core i % 2) with the
+    subscribers split over them in turn and the publisher on the first; or one `--workers N`
+    command (its workers free to use both cores, the kernel spreading the connections).
+    `rate` 0: as fast as the server reads (deliveries/s, per server CPU-second); else latency."""
+    ports = [free_port() for _ in range(nodes)]
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                server(
+                    "bus",
+                    port,
+                    "redis",
+                    cpus="0,1" if workers > 1 else str(i % 2),
+                    prefix=f"bench{ports[0]}",
+                    workers=workers,
+                )
+            )
+            for i, port in enumerate(ports)
+        ]
+        if workers > 1:  # every worker listening before the subscribers connect
+            seen: set[str] = set()
+            with trio.move_on_after(20):
+                while len(seen) < workers:
+                    async with httpx.AsyncClient() as http:  # a new connection each time
+                        with contextlib.suppress(httpx.HTTPError):
+                            answer = await http.get(f"http://127.0.0.1:{ports[0]}/stats")
+                            seen.add(answer.json()["node"])
+        spec = {
+            "sub_url": [f"ws://127.0.0.1:{p}/ws?topics=bench.*" for p in ports],
+            "pub_url": f"ws://127.0.0.1:{ports[0]}/ws?topics=none",
+            "subscribers": subscribers,
+            "seconds": seconds,
+            "rate": rate,
+            "topics": ["bench.fanout"],
+        }
+        got = await loadgen(procs, spec)
+    row: dict[str, Any] = {
+        "storage": "redis",
+        "nodes": nodes,
+        "workers": workers,
+        "subscribers": subscribers,
+        "rate": rate,
+        "server_cpu": got["server_cpu"],
+        "redis_cpu": got.get("redis_cpu"),
+        "loadgen_cpu": got["loadgen_cpu"],
+    }
+    if rate:
+        expected = got["expected"]
+        return row | {
+            "p50_ms": round(got["p50_ms"], 2) if got["p50_ms"] is not None else None,
+            "p99_ms": round(got["p99_ms"], 2) if got["p99_ms"] is not None else None,
+            "lost": expected - got["received"],
+        }
+    per_s = got["deliveries"] / got["elapsed"]
+    return row | {
+        "deliveries_per_s": round(per_s),
+        "published_per_s": round(got["published"] / got["elapsed"]),
+        "deliveries_per_server_cpu_s": round(per_s / got["server_cpu"])
+        if got["server_cpu"]
+        else None,
     }
 
 
@@ -833,6 +972,16 @@ async def run(only: set[str], quick: bool, out: Callable[[str, Any], None]) -> N
             for storage in ("memory", "safe"):
                 for batch in (False, True):
                     out("latency", await latency("bus", rate, subs, seconds, batch, storage))
+    if "redis" in only:  # issue 16: the Redis log, one node and several
+        with redis_for_bench():
+            for storage in ("safe", "redis"):
+                out("redis_fanout", await fanout("bus", 100, seconds, False, storage=storage))
+            for storage in ("safe", "redis"):
+                out("redis_rest", await rest(1, 1, seconds, storage))  # a lone publisher
+            for nodes in (1, 2):
+                out("redis_latency", await nodes_run(100, seconds, nodes=nodes, rate=200))
+            for nodes, workers in ((1, 1), (2, 1), (1, 2)):
+                out("redis_scale", await nodes_run(100, seconds, nodes=nodes, workers=workers))
     if "paused" in only:
         for batch in (True, False):
             out("paused", await paused("safe", 1000, 100, seconds, 2.0, batch))
@@ -867,7 +1016,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1,000 idle connections")
     parser.add_argument(
         "--only",
-        default="fanout,single,routing,latency,paused,idle,rest,codec,auth,durable,client",
+        default="fanout,single,routing,latency,paused,idle,rest,codec,auth,durable,client,redis",
     )
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args()

@@ -39,9 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
     s.add_argument(
         "--storage",
-        choices=["sqlite", "memory"],
+        choices=["sqlite", "memory", "redis"],
         default=None,
-        help="event log: sqlite (durable, the default) or memory (a ring, lost on exit)",
+        help="event log: sqlite (durable, the default), memory (a ring, lost on exit) or "
+        "redis (shared by every node on the same Redis: docs/scaling.md)",
+    )
+    s.add_argument(
+        "--redis-url",
+        default=None,
+        help="redis: the Redis holding the log (redis://, rediss://, unix://; default "
+        "$IPT_BUS_REDIS_URL)",
+    )
+    s.add_argument(
+        "--redis-prefix",
+        default=None,
+        help="redis: name of the bus in Redis; nodes with the same one are one bus (default "
+        "ipt_bus)",
     )
     s.add_argument(
         "--data-dir", default=None, help="sqlite: directory of the log file (default ./.ipt-bus)"
@@ -60,19 +73,22 @@ def _parser() -> argparse.ArgumentParser:
         "log (a new epoch) instead of refusing to start",
     )
     s.add_argument(
-        "--retention-events", type=int, default=None, help="sqlite: keep at most N events"
+        "--retention-events",
+        type=int,
+        default=None,
+        help="sqlite, redis: keep at most N events (redis default 1000000)",
     )
     s.add_argument(
         "--retention-age",
         type=_duration,
         default=None,
-        help="sqlite: drop events older than this (e.g. 12h, 7d; default 7d)",
+        help="sqlite, redis: drop events older than this (e.g. 12h, 7d; default 7d)",
     )
     s.add_argument(
         "--retention-bytes",
         type=_size,
         default=None,
-        help="sqlite: keep at most this much event data (e.g. 500MB, 2GiB)",
+        help="sqlite, redis: keep at most this much event data (e.g. 500MB, 2GiB)",
     )
     s.add_argument(
         "--dedupe-window",
@@ -161,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="topics whose counts /stats and /topics keep (default 10000)",
     )
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="run N bus nodes on this port (SO_REUSEPORT), one core each; needs --storage redis",
+    )
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker's
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     s.add_argument(
         "--log-to-bus",
@@ -278,6 +301,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> BusConfig:
         port=args.port,
         storage=args.storage,
         data_dir=args.data_dir,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
+        reuse_port=args.reuse_port or None,
         durability=args.durability,
         discard_damaged_log=args.discard_damaged_log,
         retention_events=args.retention_events,
@@ -370,6 +396,21 @@ def _serve_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"ipt-bus: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        if config.storage != "redis":
+            print(
+                f"ipt-bus: --workers {args.workers} needs a log the workers share: "
+                f"--storage redis (with {config.storage} every worker would be a bus of its "
+                "own; docs/scaling.md)",
+                file=sys.stderr,
+            )
+            return 2
+        if config.port == 0:
+            print("ipt-bus: --workers needs a fixed --port (the workers share it)", file=sys.stderr)
+            return 2
+        from ipt_bus.workers import supervise
+
+        return trio.run(supervise, sys.argv[1:] if argv is None else list(argv), args.workers)
     _raise_fd_limit()
     try:
         trio.run(_serve, config)

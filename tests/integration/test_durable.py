@@ -193,7 +193,9 @@ async def test_a_full_disk_refuses_publishes_clearly_and_recovers(tmp_path: Path
                 answer = await request(conn, {"action": "publish", "id": 1, "event": big})
                 assert answer["action"] == "error"
                 assert answer["error"]["code"] == "storage_full"
-            health = (await http.get("/health")).json()
+            health_response = await http.get("/health")
+            assert health_response.status_code == 503  # out of service for a load balancer
+            health = health_response.json()
             assert health["status"] == "degraded"
             assert "full" in health["checks"]["log"]
             stored = (await http.get("/events")).json()["events"]  # reads keep working
@@ -206,7 +208,8 @@ async def test_a_full_disk_refuses_publishes_clearly_and_recovers(tmp_path: Path
             await log.set_max_bytes(None)  # space returns: no restart needed
             again = await http.post("/events", json=event("disk.a", n=1))
             assert again.status_code == 201
-            assert (await http.get("/health")).json()["status"] == "ok"
+            healthy_again = await http.get("/health")
+            assert (healthy_again.status_code, healthy_again.json()["status"]) == (200, "ok")
             retried = await http.post(f"/dlq/{letters[0]['id']}/retry", json={})
             assert retried.status_code == 201, retried.text
             assert retried.json()["seq"] == again.json()["seq"] + 1

@@ -71,6 +71,8 @@ async def test_spec_rest_queries(http: httpx.AsyncClient) -> None:
     assert stats["events_per_topic"] == {"cost.update": 6, "task.status": 6}
     if stats["log"]["storage"] == "memory":
         assert stats["buffer"] == {"size": 12, "capacity": 10_000, "utilization": 0.0012}
+    elif stats["log"]["storage"] == "redis":  # bounded by retention_events (1,000,000)
+        assert stats["buffer"] == {"size": 12, "capacity": 1_000_000, "utilization": 0.0}
     else:  # sqlite keeps what retention allows: no fixed capacity
         assert stats["buffer"] == {"size": 12, "capacity": None, "utilization": None}
     assert set(stats["latency_ms"]) >= {"avg", "p50", "p99"}

@@ -572,8 +572,10 @@ async def test_no_task_outlives_its_connection(server: Server) -> None:
         async def tasks() -> int:
             return int((await http.get("/stats")).json()["tasks"])
 
-        async with ws(server, "topics=t.*"):
-            pass  # the first WebSocket starts the run's one pinger, which stays
+        # the first WebSocket starts the run's one pinger, and a first publish may open a
+        # pooled connection to a Redis log (a task each): both stay
+        async with ws(server, "topics=t.*") as warm_up:
+            await request(warm_up, {"action": "publish", "id": 1, "event": event("t.x")})
         await connections(server, 0)
         baseline = await tasks()
         for _ in range(5):  # readers, writers, ackers, hypercorn's own per connection

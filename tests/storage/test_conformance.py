@@ -1,12 +1,14 @@
 """The `EventLog` contract (storage/base.py), one suite run against every backend.
 
-A new backend (Redis, to come) joins by adding its factory to `BACKENDS`; what is specific to
-one backend (SQLite files, durability, damage) stays in that backend's own tests.
+A backend joins by adding its factory to `BACKENDS`; what is specific to one backend (SQLite
+files, durability, damage; Redis's nodes and faults) stays in that backend's own tests. The
+Redis log runs against a `redis-server` the session starts, each log under its own prefix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,7 +20,9 @@ from ipt_bus.core.frames import Gap, GapReason
 from ipt_bus.core.model import Event, Published
 from ipt_bus.storage.base import EventLog, Key, Page, Query, resume_point, retention_gap
 from ipt_bus.storage.memory import MemoryLog
+from ipt_bus.storage.redis import RedisLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
+from tests.conftest import unique_prefix
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -26,12 +30,18 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def memory(_: Path, keep: int) -> AsyncIterator[EventLog]:
+async def memory(_: Path, keep: int, redis_url: str) -> AsyncIterator[EventLog]:
     yield MemoryLog(keep)
 
 
 @contextlib.asynccontextmanager
-async def sqlite(tmp: Path, keep: int) -> AsyncIterator[EventLog]:
+async def redis(_: Path, keep: int, redis_url: str) -> AsyncIterator[EventLog]:
+    async with RedisLog.open(redis_url, prefix=unique_prefix(), retention_events=keep) as log:
+        yield log
+
+
+@contextlib.asynccontextmanager
+async def sqlite(tmp: Path, keep: int, redis_url: str) -> AsyncIterator[EventLog]:
     log = SqliteLog.open(tmp / "log", retention=Retention(events=keep))
     try:
         yield log
@@ -39,12 +49,12 @@ async def sqlite(tmp: Path, keep: int) -> AsyncIterator[EventLog]:
         await log.aclose()
 
 
-BACKENDS: dict[str, Any] = {"memory": memory, "sqlite": sqlite}
+BACKENDS: dict[str, Any] = {"memory": memory, "sqlite": sqlite, "redis": redis}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest) -> Any:
-    return BACKENDS[request.param]
+def backend(request: pytest.FixtureRequest, redis_url: str) -> Any:
+    return functools.partial(BACKENDS[request.param], redis_url=redis_url)
 
 
 def ev(topic: str = "a.b", n: int = 0, **kw: Any) -> Event:
@@ -118,8 +128,8 @@ async def test_an_idempotency_key_recalls_where_its_publish_went(
     async with backend(tmp_path, 100) as log:
         await log.append([ev()])
         records = await log.append([ev(), ev(), ev()], [Key("k1", 1, 2)])
-        assert log.recall("k1") == [Published(r.id, r.seq) for r in records[1:]]
-        assert log.recall("k2") is None
+        assert (await log.recall("k1")) == [Published(r.id, r.seq) for r in records[1:]]
+        assert (await log.recall("k2")) is None
 
 
 @settings(max_examples=40, deadline=None)
@@ -130,7 +140,7 @@ async def test_an_idempotency_key_recalls_where_its_publish_went(
     limit=st.integers(0, 15),
 )
 def test_every_backend_reads_what_the_contract_says(
-    topics: list[str], patterns: list[str], since: int, limit: int
+    redis_url: str, topics: list[str], patterns: list[str], since: int, limit: int
 ) -> None:
     """Against a brute-force model of the contract: same records, same cursor, everywhere."""
     import tempfile
@@ -141,7 +151,7 @@ def test_every_backend_reads_what_the_contract_says(
     async def check() -> None:
         for name, backend in BACKENDS.items():
             with tempfile.TemporaryDirectory() as tmp:
-                async with backend(Path(tmp), 1_000) as log:
+                async with backend(Path(tmp), 1_000, redis_url) as log:
                     if topics:
                         await log.append([ev(t, i) for i, t in enumerate(topics)])
                     query = Query(tuple(patterns))

@@ -121,16 +121,16 @@ async def test_idempotency_keys_survive_a_restart_within_the_window(tmp_path: Pa
     log = SqliteLog.open(tmp_path, dedupe_window_seconds=120)
     log.clock = clock
     await log.append([ev(), ev(), ev()], [Key("k1", 1, 2)])
-    assert [p.seq for p in log.recall("k1") or []] == [2, 3]
+    assert [p.seq for p in (await log.recall("k1")) or []] == [2, 3]
     await log.aclose()
     log = SqliteLog.open(tmp_path, dedupe_window_seconds=120)
     log.clock = clock
     try:
-        recalled = log.recall("k1")
+        recalled = await log.recall("k1")
         assert recalled is not None
         assert [(p.id, p.seq) for p in recalled] == [(f"{log.epoch}-2", 2), (f"{log.epoch}-3", 3)]
         clock.now += 121
-        assert log.recall("k1") is None
+        assert (await log.recall("k1")) is None
     finally:
         await log.aclose()
 

@@ -9,13 +9,16 @@
 // performance.now) the publisher put in each event. Node's native byte search does this several
 // times faster than Python could, so the server saturates first.
 //
-// spec: {sub_url, pub_url, subscribers, seconds, warmup, grace, rate (events/s; 0 = as fast as
+// spec: {sub_url (or a list: subscribers take them in turn, e.g. one per node), pub_url,
+//        subscribers, seconds, warmup, grace, rate (events/s; 0 = as fast as
 //        the server reads), ack (ask for acks, `in_flight` unanswered at most), topics
 //        (published round robin), bare (the bare relay: raw events, no envelope), pad}
 import net from "node:net";
 import { randomBytes } from "node:crypto";
 
 const spec = JSON.parse(process.argv[2]);
+const SUB_URLS = [].concat(spec.sub_url);
+const subUrl = (i) => SUB_URLS[i % SUB_URLS.length];
 const MARK = Buffer.from(spec.bare ? '"bench_event"' : '"seq":');
 const T = Buffer.from('"t":');
 const GAP = Buffer.from('"action":"gap"');
@@ -107,10 +110,10 @@ async function idle() {
   let next = 0;
   async function opener() {
     while (next < spec.subscribers) {
-      next++;
+      const url = subUrl(next++);
       let welcomed;
       const seen = new Promise((r) => { welcomed = r; });
-      socks.push(await open(spec.sub_url, (buf) => { if (buf.indexOf(WELCOME) >= 0) welcomed(); }));
+      socks.push(await open(url, (buf) => { if (buf.indexOf(WELCOME) >= 0) welcomed(); }));
       await seen;
     }
   }
@@ -123,7 +126,7 @@ async function idle() {
 async function main() {
   if (spec.idle) return idle();
   const subs = [];
-  for (let i = 0; i < spec.subscribers; i++) subs.push(await open(spec.sub_url, onSubscriberData));
+  for (let i = 0; i < spec.subscribers; i++) subs.push(await open(subUrl(i), onSubscriberData));
   let inFlight = 0;
   let wake = null;
   const pub = await open(spec.pub_url, (buf, from) => {

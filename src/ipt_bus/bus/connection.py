@@ -54,7 +54,7 @@ from ipt_bus.core.frames import (
 )
 from ipt_bus.core.protocol import ServerConversation
 from ipt_bus.core.topics import validate_pattern
-from ipt_bus.storage.base import Query, resume_point, retention_gap
+from ipt_bus.storage.base import Query, SharedLog, resume_point, retention_gap
 
 if TYPE_CHECKING:
     from ipt_bus.core.model import Event, Published
@@ -64,6 +64,7 @@ log = logging.getLogger("ipt_bus.bus.connection")
 CATCH_UP_PAGE_EVENTS: Final = 1_000  # events per log read while catching up
 LATENCY_SAMPLE_SECONDS: Final = 0.25  # per connection: 1,000 connections, 4,000 reports/s
 CLOSE_WRITE_SECONDS: Final = 2.0
+SETTLE_SECONDS: Final = 2.0  # a shared log's resume waits this long for events seen elsewhere
 
 
 class Disconnected(Exception):
@@ -196,6 +197,9 @@ class Connection:
             LimitExceeded: the connect parameters ask for too many patterns (400).
             BusClosed: the bus is shutting down.
         """
+        since = self._params.since
+        if since is not None and isinstance(self._bus.log, SharedLog):
+            await self._bus.log.settle(since, SETTLE_SECONDS)
         since, self._first = self._resume_point()
         identity = self._identity
         peer = Peer(

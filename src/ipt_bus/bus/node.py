@@ -9,12 +9,14 @@ and retention, then close the log (a durable one finishes its queued writes and 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import resource
 import socket
 from pathlib import Path
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
@@ -28,7 +30,11 @@ from ipt_bus.core.config import BusConfig, connection_limit
 from ipt_bus.core.errors import CloseCode, StartupError, StorageError
 from ipt_bus.storage.base import EventLog
 from ipt_bus.storage.memory import MemoryLog
+from ipt_bus.storage.redis import DEFAULT_RETENTION_EVENTS, RedisLog
 from ipt_bus.storage.sqlite import Retention, SqliteLog
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 log = logging.getLogger("ipt_bus.bus.node")
 
@@ -90,13 +96,43 @@ def load_keys(config: BusConfig) -> Keys:
         raise StartupError(str(exc)) from None
 
 
-def open_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
-    """The configured log and dead-letter store. Raises `StorageOpenError` (naming the file)."""
-    dead = DeadLetters(
+@contextlib.asynccontextmanager
+async def open_log(config: BusConfig) -> AsyncIterator[tuple[EventLog, DeadLetters]]:
+    """The configured log and dead-letter store, closed on the way out.
+
+    Raises `StorageOpenError` naming the file (or the Redis) that cannot be used."""
+    if config.storage != "redis":
+        event_log, dead = open_local_log(config)
+        try:
+            yield event_log, dead
+        finally:
+            with trio.move_on_after(config.shutdown_grace_seconds) as scope:
+                scope.shield = True  # a durable log finishes its queued writes
+                await event_log.aclose()
+        return
+    assert config.redis_url is not None  # BusConfig checks
+    async with RedisLog.open(
+        config.redis_url,
+        prefix=config.redis_prefix,
+        retention_events=config.retention_events or DEFAULT_RETENTION_EVENTS,
+        retention_age_seconds=config.retention_age_seconds,
+        retention_bytes=config.retention_bytes,
+        dedupe_window_seconds=config.dedupe_window_seconds,
+    ) as redis_log:
+        yield redis_log, _dead_letters(config)
+
+
+def _dead_letters(config: BusConfig) -> DeadLetters:
+    return DeadLetters(
         max_entries=config.dlq_max_entries,
         max_bytes=config.dlq_max_bytes,
         max_age_seconds=config.dlq_max_age_seconds,
     )
+
+
+def open_local_log(config: BusConfig) -> tuple[EventLog, DeadLetters]:
+    """The memory or SQLite log. Raises `StorageOpenError` naming the file."""
+    dead = _dead_letters(config)
     if config.storage == "memory":
         return MemoryLog(
             config.buffer_size,
@@ -162,8 +198,30 @@ async def run_bus(
         max_connections = connection_limit(soft if soft != resource.RLIM_INFINITY else 1 << 20)
         config = attrs.evolve(config, max_connections=max_connections)
     auth = Authenticator(load_keys(config))
-    event_log, dead = open_log(config)
-    handle: BusHandle | None = None
+    lifecycle = Lifecycle()
+    try:
+        async with open_log(config) as (event_log, dead):
+            await _run(config, auth, event_log, dead, max_connections, lifecycle, task_status)
+    finally:
+        lifecycle.stopped.set()
+
+
+def node_id(config: BusConfig) -> str:
+    """The node's name in `welcome` and `/stats`: several nodes of one bus (shared log) may run
+    on one host (`--workers`), so theirs carries the process id too."""
+    name = f"{config.node_name}@{socket.gethostname()}"
+    return f"{name}/{os.getpid()}" if config.storage == "redis" else name
+
+
+async def _run(
+    config: BusConfig,
+    auth: Authenticator,
+    event_log: EventLog,
+    dead: DeadLetters,
+    max_connections: int,
+    lifecycle: Lifecycle,
+    task_status: trio.TaskStatus[BusHandle],
+) -> None:
     try:
         async with trio.open_nursery() as nursery:
             stats = await start_stats(
@@ -193,9 +251,10 @@ async def run_bus(
                 stats=stats,
                 log=event_log,
                 dead_letters=dead,
-                node=f"{config.node_name}@{socket.gethostname()}",
+                node=node_id(config),
                 auth=auth,
                 limiter=RateLimiter(config.rate_limit_per_second, config.rate_burst),
+                lifecycle=lifecycle,
             )
             task_status.started(handle)
             await handle.shutting_down.wait()
@@ -210,6 +269,3 @@ async def run_bus(
         with trio.move_on_after(config.shutdown_grace_seconds) as scope:
             scope.shield = True
             await dead.flush()
-            await event_log.aclose()
-        if handle is not None:
-            handle.lifecycle.stopped.set()

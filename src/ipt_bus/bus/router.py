@@ -16,12 +16,17 @@ the router ends a round itself: it wakes the writers once `QUIET_ROUNDS` schedul
 with no new publish (a frame on its way from a socket reaches the inbox within them), or once it
 fanned out `FAN_OUT_ROUND_EVENTS` (a publisher that never lets up cannot starve the writers, and
 a round fits in an outbox). An idle bus delivers at once: no timer.
+
+With a shared log (Redis, several nodes) the router fans out nothing it appended: a tail task
+reads the log's stream and hands the router each batch it read (`Deliver`), so every node
+delivers the same events in the log's order, and only once the log has them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,15 +37,23 @@ import trio
 
 from ipt_bus.bus.outbox import Outbox
 from ipt_bus.bus.stats import Accepted, Counted, Dropped, Refused, StatsHandle
-from ipt_bus.core.errors import BusClosed, LimitExceeded, Overloaded, RateLimited, StorageError
+from ipt_bus.core.errors import (
+    BusClosed,
+    CloseCode,
+    LimitExceeded,
+    Overloaded,
+    RateLimited,
+    StorageError,
+)
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import TopicIndex
-from ipt_bus.storage.base import EventLog, Key, Record
+from ipt_bus.storage.base import EpochChanged, EventLog, Key, Record, SharedLog
 
 ConnId = int
 Answer = tuple[int, "list[Published] | Exception"]
 """(token of the `Publish`, where its events went or why they were not logged)."""
 T = TypeVar("T")
+_log = logging.getLogger("ipt_bus.bus.router")
 
 
 @attrs.frozen
@@ -93,7 +106,22 @@ class CloseAll:
     code: int
 
 
-RouterCommand = Publish | Attach | Subscribe | Detach | CloseAll
+@attrs.frozen
+class Deliver:
+    """Events a shared log's tail read: fan them out (they are in the log already)."""
+
+    records: list[Record]
+
+
+@attrs.frozen
+class Restart:
+    """The shared log started over (a new epoch, from `after`): every connection is closed with
+    1012 so its client resumes, and learns of the new epoch from a `gap`."""
+
+    after: int
+
+
+RouterCommand = Publish | Attach | Subscribe | Detach | CloseAll | Deliver | Restart
 
 MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
 FAN_OUT_ROUND_EVENTS = 256  # most events fanned out before writers are woken (< outbox_events)
@@ -120,6 +148,18 @@ class Router:
     # the target tuples offered events since writers were last woken (by id), and how many events
     _unwoken: dict[int, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _unwoken_events: int = 0
+    # a shared log: the newest seq fanned out here (attach points count from it, not from the
+    # log's last seq, which may be ahead of what the tail read)
+    _delivered: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self._log, SharedLog):
+            self._delivered = self._log.last_seq
+
+    @property
+    def _live(self) -> int:
+        """The seq after which events reach the outboxes as they are fanned out."""
+        return self._log.last_seq if self._delivered is None else self._delivered
 
     async def run(
         self,
@@ -149,6 +189,12 @@ class Router:
                         self._closing = code
                         for outbox in self._outboxes.values():
                             outbox.close(code)
+                    case Deliver(records=records):
+                        self._deliver(records)
+                    case Restart(after=after):
+                        self._delivered = after
+                        for outbox in self._outboxes.values():
+                            outbox.close(CloseCode.SERVICE_RESTART)
                     case _:
                         assert_never(command)
 
@@ -215,7 +261,7 @@ class Router:
         first_with: dict[str, Publish] = {}
         for p in batch:
             if p.key is not None:
-                recalled = self._log.recall(p.key)
+                recalled = await self._log.recall(p.key)
                 if recalled is not None:  # logged before: answered even if this append fails
                     known[id(p)] = recalled
                     continue
@@ -239,7 +285,8 @@ class Router:
                     n = len(p.events)
                     answers[id(p)] = [Published(r.id, r.seq) for r in records[offset : offset + n]]
                     offset += n
-                self._fan_out(records, logged)
+                if self._delivered is None:  # a shared log's tail fans out (`Deliver`)
+                    self._fan_out(records, logged)
         # in the order they came: a connection's acker takes its answers in token order and
         # skips any it is not waiting for yet
         for p in batch:
@@ -264,10 +311,7 @@ class Router:
                 per_topic[topic] += 1
                 targets = self._targets.get(topic)
                 if targets is None:
-                    targets = tuple(self._outboxes[c] for c in self._index.lookup(topic))
-                    if len(self._targets) >= self._route_cache_topics:
-                        self._targets.clear()  # rebuilt lazily, as after any (un)subscribe
-                    self._targets[topic] = targets
+                    targets = self._targets_of(topic)
                 unwoken[id(targets)] = targets
                 data = record.data
                 seq = record.seq
@@ -277,6 +321,35 @@ class Router:
         self._stats.record(Accepted(len(records), dict(per_topic), time.time()))
         if dropped:
             self._stats.record(Dropped("closing", dropped))
+
+    def _deliver(self, records: list[Record]) -> None:
+        """Fan out what a shared log's tail read (from every node's publishes)."""
+        per_topic: Counter[str] = Counter()
+        dropped = 0
+        unwoken = self._unwoken
+        self._unwoken_events += len(records)
+        accepted_at = trio.current_time()
+        for record in records:
+            topic = record.topic
+            per_topic[topic] += 1
+            targets = self._targets_of(topic)
+            unwoken[id(targets)] = targets
+            for outbox in targets:
+                if not outbox.offer(record.data, record.seq, accepted_at):
+                    dropped += 1
+        self._delivered = records[-1].seq
+        self._stats.record(Accepted(len(records), dict(per_topic), time.time()))
+        if dropped:
+            self._stats.record(Dropped("closing", dropped))
+
+    def _targets_of(self, topic: str) -> tuple[Outbox, ...]:
+        targets = self._targets.get(topic)
+        if targets is None:
+            targets = tuple(self._outboxes[c] for c in self._index.lookup(topic))
+            if len(self._targets) >= self._route_cache_topics:
+                self._targets.clear()  # rebuilt lazily, as after any (un)subscribe
+            self._targets[topic] = targets
+        return targets
 
     def _on_attach(self, command: Attach) -> None:
         if len(self._outboxes) >= self._max_connections:
@@ -314,7 +387,7 @@ class Router:
         self._peers[conn_id] = command.peer
         if who is not None:
             self._per_identity[who] += 1
-        command.outbox.start(self._index.patterns(conn_id), self._log.last_seq, command.since)
+        command.outbox.start(self._index.patterns(conn_id), self._live, command.since)
         if self._closing is not None:
             command.outbox.close(self._closing)
         _answer(command.reply, conn_id)
@@ -353,7 +426,7 @@ class Router:
                 self._index.remove(command.conn_id, pattern)
             self._targets.clear()
         held = self._index.patterns(command.conn_id)
-        self._outboxes[command.conn_id].resubscribed(held, self._log.last_seq)
+        self._outboxes[command.conn_id].resubscribed(held, self._live)
         peer = self._peers[command.conn_id]
         if command.batch is not None:
             peer.batch = command.batch
@@ -462,6 +535,7 @@ class RouterHandle:
 
     _send: trio.MemorySendChannel[RouterCommand]
     _router: Router
+    _tail: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     async def publish(
         self, events: Sequence[Event], *, timeout: float, key: str | None = None
@@ -593,6 +667,7 @@ class RouterHandle:
 
     def close(self) -> None:
         """Stop the router once it has handled what it was sent."""
+        self._tail.cancel()
         self._send.close()
 
     def saturated(self) -> bool:
@@ -643,4 +718,27 @@ async def start_router(
         route_cache_topics,
     )
     await nursery.start(router.run, receive)
-    return RouterHandle(send, router)
+    handle = RouterHandle(send, router)
+    if isinstance(log, SharedLog):
+        nursery.start_soon(_tail, log, send.clone(), log.last_seq, handle._tail)
+    return handle
+
+
+async def _tail(
+    log: SharedLog,
+    send: trio.MemorySendChannel[RouterCommand],
+    after: int,
+    scope: trio.CancelScope,
+) -> None:
+    """Hand the router what a shared log's tail reads; after the log started over (a flushed
+    or replaced Redis), rejoin it and have every connection reconnect."""
+    with scope, send:
+        while True:
+            try:
+                async for records in log.tail(after):
+                    await send.send(Deliver(records))
+                    after = records[-1].seq
+            except EpochChanged as exc:
+                _log.warning("%s; closing every connection (1012) to resume in the new one", exc)
+                after = await log.rejoin()
+                await send.send(Restart(after))

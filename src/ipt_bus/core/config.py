@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 MiB: Final = 1024 * 1024
 DEFAULT_PORT: Final = 8765
 
-Storage = Literal["sqlite", "memory"]
+Storage = Literal["sqlite", "memory", "redis"]
 Durability = Literal["safe", "fast"]
 DAY: Final = 24 * 3600.0
 
@@ -28,6 +28,9 @@ class BusConfig:
     storage: Storage = "sqlite"
     data_dir: str = ".ipt-bus"  # sqlite: the log is `<data_dir>/events.sqlite3`
     durability: Durability = "safe"  # sqlite: safe = synchronous FULL, fast = NORMAL
+    redis_url: str | None = None  # redis: redis://, rediss:// or unix:// (docs/scaling.md)
+    redis_prefix: str = "ipt_bus"  # redis: nodes on the same Redis and prefix are one bus
+    reuse_port: bool = False  # SO_REUSEPORT: several nodes share the port (`--workers`)
     discard_damaged_log: bool = False  # sqlite: a log not readable whole starts over, moved aside
     retention_events: int | None = None  # sqlite: keep at most this many events
     retention_age_seconds: float | None = 7 * DAY  # sqlite: drop events stored longer ago
@@ -121,8 +124,15 @@ class BusConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.port < 65536:
             raise ValueError("port must be between 0 and 65535")
-        if self.storage not in ("sqlite", "memory"):
-            raise ValueError(f"unknown storage {self.storage!r}; choose sqlite or memory")
+        if self.storage not in ("sqlite", "memory", "redis"):
+            raise ValueError(f"unknown storage {self.storage!r}; choose sqlite, memory or redis")
+        if self.storage == "redis" and not self.redis_url:
+            raise ValueError(
+                "--storage redis needs the Redis to use: --redis-url (or IPT_BUS_REDIS_URL), "
+                "e.g. redis://127.0.0.1:6379/0"
+            )
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
+            raise ValueError("redis_prefix must be a non-empty name without braces or spaces")
         if self.durability not in ("safe", "fast"):
             raise ValueError(f"unknown durability {self.durability!r}; choose safe or fast")
         for name in ("retention_events", "retention_bytes", "retention_age_seconds"):
@@ -190,6 +200,10 @@ class BusConfig:
             values["port"] = int(env["IPT_BUS_PORT"])
         if "IPT_BUS_STORAGE" in env:
             values["storage"] = env["IPT_BUS_STORAGE"]
+        if "IPT_BUS_REDIS_URL" in env:
+            values["redis_url"] = env["IPT_BUS_REDIS_URL"]
+        if "IPT_BUS_REDIS_PREFIX" in env:
+            values["redis_prefix"] = env["IPT_BUS_REDIS_PREFIX"]
         if "IPT_BUS_DATA_DIR" in env:
             values["data_dir"] = env["IPT_BUS_DATA_DIR"]
         if "IPT_BUS_BUFFER_SIZE" in env:

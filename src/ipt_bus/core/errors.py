@@ -74,6 +74,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008  # origin, auth
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # a shared log started over (new epoch): reconnect and resume
     TOKEN_EXPIRED = 4001
     SLOW_CONSUMER = 4008
 

@@ -282,8 +282,13 @@ def document(version: str) -> dict[str, Any]:
             "get": {
                 "summary": "Liveness and readiness (open to all)",
                 "responses": {
-                    "200": _json(_ref("Health"), "Up (status ok or degraded)"),
-                    "503": _json(_ref("Health"), "Down or shutting down"),
+                    "200": _json(
+                        _ref("Health"), "Up (status ok, or degraded with the log taking writes)"
+                    ),
+                    "503": _json(
+                        _ref("Health"),
+                        "Down or shutting down, or degraded: the log takes no writes",
+                    ),
                     **_errors(400, 421),
                 },
             }

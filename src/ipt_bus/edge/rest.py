@@ -278,6 +278,7 @@ async def get_metrics() -> Response:
 async def stats_document(bus: BusHandle) -> dict[str, Any]:
     """What `/stats` answers (and `/metrics` exposes), with the stats actor's `_topics`."""
     snap = await bus.stats.snapshot()
+    snap["node"] = bus.node
     snap["max_connections"] = bus.config.max_connections
     log_stats = bus.log.stats()
     capacity = log_stats.capacity
@@ -304,6 +305,14 @@ async def stats_document(bus: BusHandle) -> dict[str, Any]:
                 "events": cfg.retention_events,
                 "age_seconds": cfg.retention_age_seconds,
                 "bytes": cfg.retention_bytes,
+            },
+        }
+    if cfg.storage == "redis":
+        snap["log"] |= {
+            "redis": {"url": getattr(bus.log, "url", None), "prefix": cfg.redis_prefix},
+            "retention": {
+                "events": getattr(bus.log, "retention_events", None),
+                "age_seconds": cfg.retention_age_seconds,
             },
         }
     snap["dead_letters"] = bus.dead_letters.stats()
@@ -426,8 +435,10 @@ async def get_health() -> Response:
         checks["stats"] = "ok"
     checks.setdefault("stats", "slow: no answer within 1 s")
     checks["router"] = "ok" if not bus.router.saturated() else "saturated: publishers wait"
-    checks["log"] = bus.log.problem() or "ok"
+    problem = bus.log.problem()
+    checks["log"] = problem or "ok"
     status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+    # a node whose log takes no writes is out of service for a load balancer; reads still work
     return http.json_response(
         {
             "status": status,
@@ -435,7 +446,8 @@ async def get_health() -> Response:
             "epoch": bus.log.epoch,
             "last_seq": bus.log.last_seq,
             "checked_in_ms": round((time.monotonic() - started) * 1000, 3),
-        }
+        },
+        200 if problem is None else 503,
     )
 
 

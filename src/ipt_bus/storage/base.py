@@ -21,16 +21,17 @@ Contract:
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import attrs
 
+from ipt_bus.core.errors import StorageError
 from ipt_bus.core.frames import Gap, GapReason
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import matches_any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
     from datetime import datetime
 
 
@@ -119,7 +120,7 @@ class EventLog(Protocol):
 
     async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]: ...
 
-    def recall(self, key: str) -> list[Published] | None: ...
+    async def recall(self, key: str) -> list[Published] | None: ...
 
     async def read_after(
         self, since: int, query: Query, limit: int, *, until: int | None = None
@@ -138,6 +139,30 @@ class EventLog(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SharedLog(EventLog, Protocol):
+    """A log several bus nodes append to (Redis). Its `append` only stores: each node fans out
+    what its one `tail` reads, so every node delivers the same events in the same order."""
+
+    def tail(self, after: int) -> AsyncIterator[list[Record]]:
+        """The events after `after` as they arrive, in `seq` order, in batches."""
+        ...
+
+    async def settle(self, seq: int, timeout: float) -> None:
+        """Wait (at most `timeout`) until `last_seq` reaches `seq`: a client resuming on this
+        node may have seen, on another, events this node has not read yet."""
+        ...
+
+    async def rejoin(self) -> int:
+        """After `EpochChanged`: adopt the log as it is now (retrying until it answers);
+        returns its last `seq`, where the tail goes on."""
+        ...
+
+
+class EpochChanged(StorageError):
+    """A shared log holds another history than this node's (it was flushed or replaced)."""
 
 
 KEY_OVERHEAD_BYTES: Final = 264  # measured: a remembered key costs this plus its text

@@ -92,7 +92,7 @@ class MemoryLog:
                 self._keys.put(k.key, out[k.start].seq, k.count, at)
         return out
 
-    def recall(self, key: str) -> list[Published] | None:
+    async def recall(self, key: str) -> list[Published] | None:
         found = self._keys.get(key, time.time())
         return None if found is None else published_range(self._epoch, *found)
 

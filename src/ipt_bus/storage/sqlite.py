@@ -297,7 +297,7 @@ class SqliteLog:
         self._problem = f"storage failing: {self.path}: {exc}"
         return StorageError(f"{self.path}: {exc}; nothing was stored")
 
-    def recall(self, key: str) -> list[Published] | None:
+    async def recall(self, key: str) -> list[Published] | None:
         found = self._keys.get(key, self.clock())
         return None if found is None else published_range(self._epoch, *found)
 
