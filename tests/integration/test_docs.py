@@ -135,7 +135,27 @@ def test_storage_md_serve_commands_are_valid() -> None:
     assert len(lines) >= 3
     for line in lines:
         config = config_from_args(shlex.split(line)[1:])
-        assert config.storage in ("sqlite", "memory")
+        assert config.storage in ("sqlite", "memory", "redis")
+
+
+def test_scaling_md_serve_commands_are_valid() -> None:
+    """The `ipt-bus serve` lines of scaling.md parse into a Redis node (the tests of
+    test_scaleout.py run such nodes)."""
+    from ipt_bus.cli import config_from_args
+
+    text = (DOCS / "scaling.md").read_text()
+    lines = [
+        line.split(" &")[0].strip()
+        for block in blocks("scaling.md", "sh")
+        for line in block.splitlines()
+        if line.startswith("ipt-bus serve")
+    ]
+    lines += [" ".join(m.split()) for m in re.findall(r"`(ipt-bus serve --port[^`]*)`", text)]
+    assert len(lines) >= 4
+    for line in lines:
+        config = config_from_args(shlex.split(line)[1:])
+        assert config.storage == "redis"
+        assert config.redis_url == "redis://127.0.0.1:6390/0"
 
 
 async def test_client_md_examples_run(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import trio
 
+from ipt_bus.core.errors import StorageError
 from ipt_bus.storage.redis import RedisLog
 from tests.conftest import (
     RECEIVE_SECONDS,
@@ -161,7 +162,7 @@ async def test_redis_going_away_refuses_publishes_and_everything_recovers_withou
             open_ws(ws_url(url)) as pub,
         ):
             await sub.get_message()
-            await pub.get_message()
+            epoch = orjson.loads(await pub.get_message())["epoch"]
             assert (await http.post("/events", json=event("f.x", n=1))).status_code == 201
             assert [e["seq"] for e in await events_of(sub, 1)] == [1]
             redis.stop()
@@ -177,8 +178,12 @@ async def test_redis_going_away_refuses_publishes_and_everything_recovers_withou
             assert health.json()["status"] == "degraded"
             assert "Redis" in health.json()["checks"]["log"]
             assert (await http.get("/events")).status_code == 503  # no wrong history either
+            # a client resuming meanwhile is let in, and waits for the log to come back
+            async with open_ws(ws_url(url, f"topics=f.*&since=0&epoch={epoch}")) as resumed:
+                assert orjson.loads(await resumed.get_message())["action"] == "welcome"
+                redis.start()
+                assert [e["seq"] for e in await events_of(resumed, 1)] == [1]
 
-            redis.start()
             await wait_for(lambda: _status(http, "/health", 200), seconds=20)
             after = await http.post("/events", json=event("f.x", n=3))
             assert after.status_code == 201
@@ -254,3 +259,37 @@ async def test_a_flushed_redis_is_a_new_epoch_clients_resume_into(redis_url: str
                 answer = await http.post("/events", json=event("e.x"))
                 assert answer.json()["seq"] == 1
             assert (await recv(again))["seq"] == 1
+
+
+async def test_a_catch_up_waits_for_redis_rather_than_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = 0
+    read_after = RedisLog.read_after
+
+    async def counted(self: RedisLog, *args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        try:
+            return await read_after(self, *args, **kwargs)
+        except StorageError:
+            failures += 1
+            raise
+
+    monkeypatch.setattr(RedisLog, "read_after", counted)
+    redis = RedisProcess(tmp_path, appendonly=True)
+    redis.start()
+    try:
+        shared = {"storage": "redis", "redis_url": redis.url, "redis_prefix": "p"}
+        async with (
+            running_server(**shared) as server,
+            httpx.AsyncClient(base_url=server.url) as http,
+        ):
+            first = (await http.post("/events", json=event("c.x"))).json()
+            redis.stop()
+            query = f"topics=c.*&since=0&epoch={server.bus.log.epoch}"
+            async with ws(server, query) as resumed:
+                await wait_for(lambda: failures >= 2)  # tried, failed, tried again: still open
+                redis.start()
+                assert (await recv(resumed))["seq"] == first["seq"]
+    finally:
+        redis.stop()

@@ -19,7 +19,7 @@ from ipt_bus.storage.base import EpochChanged, Key, Query, Record
 from ipt_bus.storage.memory import MemoryLog
 from ipt_bus.storage.redis import RedisLog
 from tests.conftest import unique_prefix
-from tests.redisproc import redis_server
+from tests.redisproc import cluster, redis_server, sentinel
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -255,3 +255,35 @@ def test_the_redis_log_answers_as_the_memory_log_does(
             assert log.stats().bytes == model.stats().bytes
 
     trio.run(check)
+
+
+async def _one_round_trip(url: str) -> None:
+    """Two logs on `url` (two nodes): append on one, tail and read on the other."""
+    async with two_nodes(url) as (a, b):
+        tail = b.tail(0)
+        appended = await a.append([ev(n=1), ev("c.d", n=2)], [Key("k", 0, 2)])
+        got = await take(tail, 2)
+        assert [r.data for r in got] == [r.data for r in appended]
+        assert [r.seq for r in (await b.read_after(0, Query(("c.*",)), 10)).records] == [2]
+        assert await b.recall("k") == [Published(r.id, r.seq) for r in appended]
+        await tail.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_log_runs_on_redis_sentinel(tmp_path: Path) -> None:
+    with sentinel(tmp_path) as url:
+        await _one_round_trip(url)
+
+
+async def test_the_log_runs_on_a_redis_cluster(tmp_path: Path) -> None:
+    with cluster(tmp_path) as url:
+        await _one_round_trip(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:6379", "redis+sentinel://127.0.0.1:1", "redis+raft://127.0.0.1:1"],
+)
+async def test_a_url_it_cannot_use_is_refused_by_name(url: str) -> None:
+    with pytest.raises(StorageOpenError, match="--redis-url"):
+        async with RedisLog.open(url):
+            pass

@@ -54,7 +54,7 @@ from ipt_bus.core.frames import (
 )
 from ipt_bus.core.protocol import ServerConversation
 from ipt_bus.core.topics import validate_pattern
-from ipt_bus.storage.base import Query, SharedLog, resume_point, retention_gap
+from ipt_bus.storage.base import Page, Query, SharedLog, resume_point, retention_gap
 
 if TYPE_CHECKING:
     from ipt_bus.core.model import Event, Published
@@ -64,6 +64,7 @@ log = logging.getLogger("ipt_bus.bus.connection")
 CATCH_UP_PAGE_EVENTS: Final = 1_000  # events per log read while catching up
 LATENCY_SAMPLE_SECONDS: Final = 0.25  # per connection: 1,000 connections, 4,000 reports/s
 CLOSE_WRITE_SECONDS: Final = 2.0
+READ_RETRY_SECONDS: Final = (0.05, 1.0)  # a catch-up's first and longest wait for the log
 SETTLE_SECONDS: Final = 2.0  # a shared log's resume waits this long for events seen elsewhere
 
 
@@ -536,6 +537,20 @@ class Connection:
     async def _send_frames(self, frames: list[bytes]) -> None:
         await self._ws.send_many(self._messages(frames))  # one write
 
+    async def _read_page(self, since: int, query: Query, upto: int) -> Page:
+        """A page of missed events; while the log cannot be read (Redis away) the connection
+        stays open and tries again, so it gets its events once the log is back."""
+        delay = READ_RETRY_SECONDS[0]
+        while True:
+            try:
+                return await self._bus.log.read_after(
+                    since, query, CATCH_UP_PAGE_EVENTS, until=upto
+                )
+            except StorageError as exc:
+                log.warning("catching up: %s; trying again in %g s", exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, READ_RETRY_SECONDS[1])
+
     async def _catch_up(self, missed: list[Missed]) -> None:
         """Send the missed events from the log, in pages, then return to live ones.
 
@@ -545,7 +560,6 @@ class Connection:
         go out between pages.
         """
         outbox = self._outbox
-        event_log = self._bus.log
         read = 0
         try:
             for part in missed:
@@ -554,9 +568,7 @@ class Connection:
                 while since < upto:
                     # the page says what was retained when it was read, so retention running
                     # meanwhile still gets its gap announced
-                    page = await event_log.read_after(
-                        since, query, CATCH_UP_PAGE_EVENTS, until=upto
-                    )
+                    page = await self._read_page(since, query, upto)
                     frames = outbox.take_replies()
                     gap = retention_gap(since, page, upto)
                     if gap is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -195,11 +196,91 @@ def _body(event: Event, now: datetime) -> tuple[Event, bytes]:
     return event, encode_event(event)
 
 
+Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str, connect_timeout: float) -> AsyncIterator[Client]:
+    """A client for `url`: `redis://`, `rediss://` or `unix://` (one server),
+    `redis+cluster://host:port` (a Redis Cluster, found from any of its nodes), or
+    `redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]` (the primary the
+    Sentinels name for `service`, followed across failovers). `rediss+…`: the same over TLS.
+
+    Raises:
+        StorageOpenError: the URL is not one of those.
+    """
+    options: dict[str, Any] = {
+        "connect_timeout": connect_timeout,
+        "stream_timeout": TAIL_BLOCK_MS / 1000 + 5,  # a tail's XREAD BLOCK, and then some
+        "retry_policy": coredis.retry.ConstantRetryPolicy(
+            (coredis.exceptions.ConnectionError,), retries=1, delay=0.01
+        ),
+    }
+    scheme, sep, rest = url.partition("://")
+    base, _, kind = scheme.partition("+")
+    try:
+        if not (
+            sep and base in ("redis", "rediss", "unix") and kind in ("", "cluster", "sentinel")
+        ):
+            raise ValueError(
+                "expected redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://"
+            )
+        if kind == "sentinel":
+            auth, _, where = rest.rpartition("@")
+            hosts, _, path = where.partition("/")
+            service, _, db = path.partition("/")
+            if not service:
+                raise ValueError("name the Sentinel service: redis+sentinel://host:port/service")
+            user, _, password = auth.partition(":")
+            tls: dict[str, Any] = {}
+            if base == "rediss":
+                tls["ssl_context"] = ssl.create_default_context()
+            sentinel: coredis.Sentinel[bytes] = coredis.Sentinel(
+                [_location(h, 26379) for h in hosts.split(",")],
+                connect_timeout=connect_timeout,
+                retry_policy=options["retry_policy"],
+                **tls,
+            )
+            primary_options = {k: v for k, v in options.items() if k != "retry_policy"} | {
+                "db": int(db or 0),
+                "username": user or None,
+                "password": password or None,
+            }
+        elif kind == "cluster":
+            auth, _, where = rest.rpartition("@")
+            user, _, password = auth.partition(":")
+            cluster: coredis.RedisCluster[bytes] = coredis.RedisCluster(
+                startup_nodes=[_location(h, 6379) for h in where.split("/")[0].split(",")],
+                username=user or None,
+                password=password or None,
+                ssl=base == "rediss",
+                **options,
+            )
+        else:
+            single: coredis.Redis[bytes] = coredis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise StorageOpenError(f"--redis-url {_redacted(url)}: {exc}") from None
+    if kind == "sentinel":
+        async with sentinel, sentinel.primary_for(service, **primary_options) as primary:
+            yield primary
+    elif kind == "cluster":
+        async with cluster:
+            yield cluster
+    else:
+        async with single:
+            yield single
+
+
+def _location(host_port: str, default_port: int) -> coredis.connection.TCPLocation:
+    host, _, port = host_port.rpartition(":")
+    return coredis.connection.TCPLocation(host or host_port, int(port) if host else default_port)
+
+
 @attrs.define
 class RedisLog:
     """The log in Redis; build it with `RedisLog.open`."""
 
-    _client: coredis.Redis[bytes]
+    _client: Client
     prefix: str
     url: str
     retention_events: int | None = DEFAULT_RETENTION_EVENTS
@@ -236,18 +317,7 @@ class RedisLog:
             StorageOpenError: Redis cannot be reached or refuses (the message names the URL).
         """
         try:
-            client: coredis.Redis[bytes] = coredis.Redis.from_url(
-                url,
-                connect_timeout=connect_timeout,
-                stream_timeout=TAIL_BLOCK_MS / 1000 + 5,
-                retry_policy=coredis.retry.ConstantRetryPolicy(
-                    (coredis.exceptions.ConnectionError,), retries=1, delay=0.01
-                ),
-            )
-        except ValueError as exc:
-            raise StorageOpenError(f"--redis-url {url!r}: {exc}") from None
-        try:
-            async with client:
+            async with connect(url, connect_timeout) as client:
                 self = cls(
                     client,
                     prefix,
