@@ -293,3 +293,40 @@ async def test_a_catch_up_waits_for_redis_rather_than_closing(
                 assert (await recv(resumed))["seq"] == first["seq"]
     finally:
         redis.stop()
+
+
+async def test_dead_letters_are_shared_by_the_nodes(redis_url: str) -> None:
+    shared = {"storage": "redis", "redis_url": redis_url, "redis_prefix": unique_prefix()}
+    async with (
+        running_server(**shared, retention_interval_seconds=0.05) as a,
+        running_server(**shared, retention_interval_seconds=0.05) as b,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        bad = {"type": "t", "topic": "bad..topic", "payload": {}}
+        assert (await http.post(f"{a.url}/events", json=bad)).status_code == 400
+
+        async def letters(server: Any) -> list[dict[str, Any]]:
+            return list((await http.get(f"{server.url}/dlq")).json()["dead_letters"])
+
+        async def seen_on_b() -> bool:
+            return len(await letters(b)) == 1
+
+        await wait_for(seen_on_b)  # refused on A, listed on B
+        (letter,) = await letters(b)
+        assert letter["source"] == "rest"
+        assert letter["error"]["field"] == "topic"
+        assert (await http.delete(f"{b.url}/dlq/{letter['id']}")).status_code == 204
+
+        async def gone_on_a() -> bool:
+            return not await letters(a)
+
+        await wait_for(gone_on_a)  # deleted on B, gone on A
+        # ids come from blocks each node reserved: never the same on two nodes
+        assert (await http.post(f"{a.url}/events", json=bad)).status_code == 400
+        assert (await http.post(f"{b.url}/events", json=bad)).status_code == 400
+
+        async def both_on_a() -> bool:
+            return len(await letters(a)) == 2
+
+        await wait_for(both_on_a)
+        assert len({d["id"] for d in await letters(a)}) == 2

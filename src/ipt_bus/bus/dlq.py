@@ -10,6 +10,10 @@ Writes to the store are batched: `add` and `remove` only change memory and mark 
 and `flush` (run every second by the bus, and at shutdown) writes all of it in one transaction.
 So a client flooding invalid publishes costs one small transaction a second, not one per frame.
 
+With a shared store (the Redis log: several nodes, one bus) every flush also reads the store's
+entries back, so each node's `/dlq` shows every node's dead letters within a flush interval;
+ids come from blocks each node reserves in the store, so they never collide.
+
 Sizes are UTF-8 bytes of what each entry holds (its raw text and message), not characters: 800 KB
 of four-byte characters is 3.2 MB here, as in memory and on disk.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -37,6 +41,22 @@ class DeadLetterStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedDeadLetterStore(DeadLetterStore, Protocol):
+    """A store several nodes write to (Redis): read back at every flush."""
+
+    async def load_dead(self) -> list[DeadLetter]:
+        """Every stored entry, oldest id first."""
+        ...
+
+    async def reserve_dead_ids(self, count: int) -> int:
+        """The first of `count` ids no other node will use."""
+        ...
+
+
+ID_BLOCK = 1_000_000  # ids a node reserves at once from a shared store (refilled at half)
+
+
 @attrs.define
 class DeadLetters:
     max_entries: int = 10_000
@@ -49,6 +69,7 @@ class DeadLetters:
     _bytes: int = 0
     _sizes: dict[int, int] = attrs.field(factory=dict)  # id -> bytes it holds
     _next_id: int = 1
+    _id_limit: int | None = None  # a shared store: the end of the id block reserved
     _changed: set[int] = attrs.field(factory=set)  # ids to write or delete at the next flush
     counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
@@ -101,20 +122,39 @@ class DeadLetters:
         return letter
 
     async def flush(self) -> None:
-        """Write what changed since the last flush to the store; also applies the age limit."""
+        """Write what changed since the last flush to the store; also applies the age limit.
+        A shared store is read back (the other nodes' entries) and its id block refilled."""
         self._evict(time.time())
-        if self.store is None or not self._changed:
+        shared = isinstance(self.store, SharedDeadLetterStore)
+        if self.store is None or not (self._changed or shared):
             self._changed.clear()
             return
         changed, self._changed = self._changed, set()
         put = [self._entries[i] for i in sorted(changed) if i in self._entries]
         drop = [i for i in sorted(changed) if i not in self._entries]
         try:
-            await self.store.sync_dead(put, drop)
+            if changed:
+                await self.store.sync_dead(put, drop)
+            if isinstance(self.store, SharedDeadLetterStore):
+                await self._pull(self.store)
         except StorageError:
             # kept in memory all the same (and tried again at the next flush); counted
             self.counts["persist_failed"] += 1
             self._changed |= changed
+
+    async def _pull(self, store: SharedDeadLetterStore) -> None:
+        if self._id_limit is None or self._id_limit - self._next_id < ID_BLOCK // 2:
+            self._next_id = await store.reserve_dead_ids(ID_BLOCK)
+            self._id_limit = self._next_id + ID_BLOCK
+        letters = await store.load_dead()
+        if self._changed:  # added or removed here while reading: keep those for the next flush
+            return
+        self._entries.clear()
+        self._sizes.clear()
+        self._bytes = 0
+        for letter in letters:
+            self._entries[letter.id] = letter
+            self._count(letter)
 
     def get(self, letter_id: int) -> DeadLetter | None:
         return self._entries.get(letter_id)

@@ -119,7 +119,10 @@ async def open_log(config: BusConfig) -> AsyncIterator[tuple[EventLog, DeadLette
         retention_bytes=config.retention_bytes,
         dedupe_window_seconds=config.dedupe_window_seconds,
     ) as redis_log:
-        yield redis_log, _dead_letters(config)
+        dead = _dead_letters(config)
+        dead.store = redis_log
+        await dead.flush()  # the other nodes' dead letters, and a block of ids
+        yield redis_log, dead
 
 
 def _dead_letters(config: BusConfig) -> DeadLetters:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import coredis
 import coredis.exceptions
+import orjson
 import trio
 
 from ipt_bus.core.codec import encode_event
@@ -39,6 +40,7 @@ from ipt_bus.core.errors import StorageError, StorageOpenError
 from ipt_bus.core.model import Event, Published
 from ipt_bus.core.topics import matches_any
 from ipt_bus.storage.base import (
+    DeadLetter,
     EpochChanged,
     Key,
     LogStats,
@@ -535,6 +537,25 @@ class RedisLog:
 
     async def aclose(self) -> None:
         return None  # `open`'s context closes the client
+
+    # --- dead letters (bus/dlq.py: a store shared by the nodes) ----------------------------
+
+    async def sync_dead(self, put: Sequence[DeadLetter], drop: Sequence[int]) -> None:
+        key = self._key("dlq")
+        if put:
+            mapping = {str(d.id): orjson.dumps(attrs.asdict(d)) for d in put}
+            await self._guard(self._client.hset(key, mapping))
+        if drop:
+            await self._guard(self._client.hdel(key, [str(i) for i in drop]))
+
+    async def load_dead(self) -> list[DeadLetter]:
+        stored = await self._guard(self._client.hgetall(self._key("dlq")))
+        letters = [DeadLetter(**orjson.loads(raw)) for raw in stored.values()]
+        return sorted(letters, key=lambda d: d.id)
+
+    async def reserve_dead_ids(self, count: int) -> int:
+        last = await self._guard(self._client.incrby(self._key("dlq:ids"), count))
+        return int(last) - count + 1
 
     # --- tailing --------------------------------------------------------------------------
 
