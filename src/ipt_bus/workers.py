@@ -6,10 +6,16 @@ log (the CLI refuses `--workers` with a node-local log). This supervisor only st
 them SIGINT/SIGTERM (each then stops in order, as one node does), and restarts a worker that
 dies later on; a worker that fails while starting stops them all (a wrong `--redis-url` must not
 loop).
+
+Workers run in their own session, so a Ctrl-C in the terminal reaches only the supervisor, which
+passes it on once (a worker that got it twice would skip its orderly stop); on Linux each worker
+is also sent SIGTERM by the kernel if the supervisor itself dies (`PR_SET_PDEATHSIG`), so a
+killed supervisor leaves no workers behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import sys
@@ -40,6 +46,16 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "ipt_bus", *out, "--reuse-port"]
 
 
+def _die_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM when the supervisor dies (Linux)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG: Final = 1
+
+
 async def supervise(argv: Sequence[str], count: int) -> int:
     """Run `count` workers until a signal stops them; the exit status for the command."""
     command = worker_argv(argv)
@@ -56,7 +72,9 @@ async def supervise(argv: Sequence[str], count: int) -> int:
     async def worker(index: int) -> None:
         while not stopping.is_set():
             started = trio.current_time()
-            proc = await trio.lowlevel.open_process(command)
+            proc = await trio.lowlevel.open_process(
+                command, start_new_session=True, preexec_fn=_die_with_parent
+            )
             running.add(proc)
             try:
                 code = await proc.wait()

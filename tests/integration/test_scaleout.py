@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -32,7 +33,6 @@ from tests.redisproc import RedisProcess, redis_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
     from trio_websocket import WebSocketConnection
 
@@ -330,3 +330,85 @@ async def test_dead_letters_are_shared_by_the_nodes(redis_url: str) -> None:
 
         await wait_for(both_on_a)
         assert len({d["id"] for d in await letters(a)}) == 2
+
+
+async def test_a_publishing_node_killed_mid_stream_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    with redis_server(tmp_path) as redis:
+        async with node(redis.url) as (a, a_proc), node(redis.url) as (b, _):
+            acked: dict[int, int] = {}
+
+            async def publish(stop: trio.Event) -> None:
+                n = 0
+                async with httpx.AsyncClient(base_url=a, timeout=10) as http:
+                    while not stop.is_set():
+                        try:
+                            answer = await http.post("/events", json=event("k.x", n=n))
+                        except httpx.TransportError:
+                            return  # the node died under us: what was acked is what counts
+                        assert answer.status_code == 201, answer.text
+                        acked[answer.json()["seq"]] = n
+                        n += 1
+
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(publish, stop)
+                await wait_for(lambda: len(acked) >= 300, seconds=30)
+                a_proc.kill()  # mid-stream
+                stop.set()
+            stored = {e["seq"]: e["payload"]["n"] for e in await _all(b)}
+            assert all(stored.get(seq) == n for seq, n in acked.items())
+            assert sorted(stored) == list(range(1, len(stored) + 1))  # no hole, no duplicate
+
+
+async def _all(url: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        since = 0
+        while True:
+            page = (await http.get("/events", params={"since": since, "limit": 1000})).json()
+            out += page["events"]
+            if not page["events"]:
+                return out
+            since = page["next"]
+
+
+async def test_serve_refuses_a_redis_it_cannot_use(tmp_path: Path) -> None:
+    serve = [str(BIN / "ipt-bus"), "serve", "--port", str(free_port()), "--storage", "redis"]
+    with trio.fail_after(30):
+        missing = await trio.run_process(serve, capture_stderr=True, check=False)
+        url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+        unreachable = await trio.run_process(
+            [*serve, "--redis-url", url], capture_stderr=True, check=False
+        )
+    assert missing.returncode == 2
+    assert "--redis-url" in missing.stderr.decode()
+    assert unreachable.returncode == 1
+    message = unreachable.stderr.decode()
+    assert "cannot use Redis at redis://***@127.0.0.1" in message, message
+    assert "secret" not in message
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as redis:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [str(BIN / "ipt-bus"), "serve", "--port", str(port), "--storage", "redis"]
+        async with process(*argv, "--redis-url", redis.url, "--workers", "2") as proc:
+            await wait_for(lambda: healthy(url), seconds=20)
+            pids: set[int] = set()
+
+            async def both_seen() -> bool:
+                async with httpx.AsyncClient() as http:  # a new connection each time
+                    pids.add(int((await http.get(f"{url}/stats")).json()["node"].rsplit("/")[1]))
+                return len(pids) == 2
+
+            await wait_for(both_seen, seconds=20)
+            proc.kill()  # no chance to pass anything on
+
+            def gone() -> bool:
+                return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+            await wait_for(gone, seconds=20)
