@@ -162,6 +162,8 @@ def cluster(directory: Path, size: int = 3) -> Iterator[str]:
                         binary(),
                         *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
                         *("--cluster-enabled", "yes", "--dir", str(directory)),
+                        # the cluster bus port is port + 10000 unless named: a free one
+                        *("--cluster-port", str(free_port())),
                         *("--cluster-config-file", f"nodes-{port}.conf"),
                     ],
                     stdout=subprocess.DEVNULL,

@@ -196,6 +196,16 @@ async def test_redis_going_away_refuses_publishes_and_everything_recovers_withou
         redis.stop()
 
 
+async def _workers_listening(url: str, count: int, pids: set[int] | None = None) -> bool:
+    """Whether `count` different workers answered (the kernel spreads new connections over the
+    workers listening; one that is still starting gets none)."""
+    seen = set() if pids is None else pids
+    for _ in range(8):
+        async with httpx.AsyncClient() as http:  # a new connection each time
+            seen.add(int((await http.get(f"{url}/stats")).json()["node"].rsplit("/")[1]))
+    return len(seen) >= count
+
+
 async def _status(http: httpx.AsyncClient, path: str, status: int) -> bool:
     return (await http.get(path)).status_code == status
 
@@ -207,6 +217,7 @@ async def test_workers_share_one_port_and_one_bus(tmp_path: Path) -> None:
         argv = [str(BIN / "ipt-bus"), "serve", "--port", str(port), "--storage", "redis"]
         async with process(*argv, "--redis-url", redis.url, "--workers", "2") as proc:
             await wait_for(lambda: healthy(url), seconds=20)
+            await wait_for(lambda: _workers_listening(url, 2), seconds=30)
             by_node: dict[str, WebSocketConnection] = {}
             async with contextlib.AsyncExitStack() as stack:
                 for _ in range(64):  # the kernel spreads new connections over the workers
@@ -399,13 +410,7 @@ async def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> Non
         async with process(*argv, "--redis-url", redis.url, "--workers", "2") as proc:
             await wait_for(lambda: healthy(url), seconds=20)
             pids: set[int] = set()
-
-            async def both_seen() -> bool:
-                async with httpx.AsyncClient() as http:  # a new connection each time
-                    pids.add(int((await http.get(f"{url}/stats")).json()["node"].rsplit("/")[1]))
-                return len(pids) == 2
-
-            await wait_for(both_seen, seconds=20)
+            await wait_for(lambda: _workers_listening(url, 2, pids), seconds=30)
             proc.kill()  # no chance to pass anything on
 
             def gone() -> bool:
