@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from importlib.metadata import version
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
+import pytest
+import trio
 from hypercorn.trio.tcp_server import TCPServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipt_bus.bus.connection import Written
 from ipt_bus.edge import transport as _hypercorn
 from ipt_bus.web import create_app
-
-if TYPE_CHECKING:
-    import pytest
 
 
 def test_installed_by_create_app_and_version_is_checked() -> None:
@@ -150,3 +152,145 @@ def test_hypercorn_runs_ping_tasks_only_for_tls() -> None:
         hc = hypercorn_config(config, socket.socket())
         os.close(int(hc.bind[0].removeprefix("fd://")))  # hypercorn would have taken it over
         assert hc.websocket_ping_interval == expected
+
+
+# --- whole text frames without wsproto (`_fast_frames`) -----------------------------------------
+
+
+class _Stream:
+    """What `_handle` reads of hypercorn's WSStream, around a real wsproto server connection and
+    hypercorn's real message buffer; records what reaches the app and what is sent."""
+
+    def __init__(self, max_length: int = 1 << 20) -> None:
+        from hypercorn.protocol.ws_stream import WebsocketBuffer
+        from wsproto import ConnectionType
+        from wsproto.connection import Connection
+
+        self.connection = Connection(ConnectionType.SERVER)
+        self.buffer = WebsocketBuffer(max_length)
+        self.handshake = type("H", (), {"accepted": True})()
+        self.closed = False
+        self.received: list[str | bytes] = []
+        self.sent: list[Any] = []
+        self.stream_id = 1
+        self.to_wsproto = 0  # bytes handed to wsproto
+        receive_data = self.connection.receive_data
+
+        def counted(data: bytes | None) -> None:
+            self.to_wsproto += len(data or b"")
+            receive_data(data)
+
+        self.connection.receive_data = counted  # type: ignore[method-assign]
+
+    async def app_put(self, message: dict[str, Any]) -> None:
+        text = message.get("text")
+        self.received.append(text if text is not None else bytes(message.get("bytes") or b""))
+
+    async def _send_wsproto_event(self, event: Any) -> None:
+        self.sent.append(event)
+
+    async def send(self, event: Any) -> None:
+        self.sent.append(event)
+
+    async def _handle_events(self) -> None:
+        await _hypercorn._handle_events(self)  # type: ignore[arg-type]
+
+    async def feed(self, *chunks: bytes) -> None:
+        from hypercorn.protocol.events import Data
+
+        for chunk in chunks:
+            await _hypercorn._handle(self, Data(stream_id=1, data=chunk))  # type: ignore[arg-type]
+
+
+def _client_frames(*events: Any) -> bytes:
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+
+    client = Connection(ConnectionType.CLIENT)  # masks with a random key, as browsers do
+    return b"".join(client.send(event) for event in events)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 125, 126, 400, 65535, 65536, 70000]), max_size=6),
+    cuts=st.lists(st.integers(0, 300_000), max_size=8),
+)
+def test_text_frames_cut_anywhere_arrive_whole_and_in_order(
+    sizes: list[int], cuts: list[int]
+) -> None:
+    from wsproto.events import TextMessage
+
+    texts = ["é" * (n // 2) + "x" * (n % 2) for n in sizes]
+    data = _client_frames(*(TextMessage(data=t) for t in texts))
+    points = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
+    stream = _Stream()
+    trio.run(lambda: stream.feed(*chunks))
+    assert stream.received == texts
+    assert getattr(stream, _hypercorn.PENDING_ATTR, None) is None  # nothing left over
+    assert stream.to_wsproto == 0  # all of it parsed here
+
+
+async def test_a_ping_between_text_frames_is_wsprotos_and_the_rest_still_arrives() -> None:
+    from wsproto.events import Ping, Pong, TextMessage
+
+    data = _client_frames(
+        TextMessage(data="a"), Ping(b"hi"), TextMessage(data="b"), TextMessage(data="c")
+    )
+    stream = _Stream()
+    await stream.feed(data[:9], data[9:])  # a cut inside the first frame, too
+    assert stream.received == ["a", "b", "c"]
+    assert [type(e) for e in stream.sent] == [Pong]
+    handed = stream.to_wsproto
+    assert 0 < handed < len(data)  # from the ping on
+    await stream.feed(_client_frames(TextMessage(data="d")))  # wsproto idle again: ours
+    assert stream.received[-1] == "d"
+    assert stream.to_wsproto == handed
+
+
+async def test_a_fragmented_message_goes_through_wsproto_whole() -> None:
+    from wsproto.events import TextMessage
+
+    data = _client_frames(
+        TextMessage(data="ab", message_finished=False),
+        TextMessage(data="cd"),
+        TextMessage(data="e"),
+    )
+    stream = _Stream()
+    await stream.feed(data)
+    assert stream.received == ["abcd", "e"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [(b"\xff\xfe", 1007), (b"x" * 2000, 1009)],  # invalid UTF-8; over the limit of 1,000
+)
+async def test_bad_frames_get_wsprotos_close_codes(payload: bytes, code: int) -> None:
+    from tests.rawws import frame
+
+    stream = _Stream(max_length=1000)
+    from wsproto.events import TextMessage
+
+    good = _client_frames(TextMessage(data="ok"))
+    await stream.feed(good + frame(1, payload))
+    assert stream.received == ["ok"]
+    assert getattr(stream.sent[0], "code", None) == code
+
+
+async def test_a_partial_frame_held_here_is_cut_at_the_message_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wsproto.events import TextMessage
+
+    now = [1000.0]
+    monkeypatch.setattr(_hypercorn.time, "monotonic", lambda: now[0])
+    data = _client_frames(TextMessage(data="x" * 300))
+    stream = _Stream()
+    await stream.feed(data[:100])
+    now[0] += _hypercorn._message_deadline_seconds / 2
+    await stream.feed(data[100:200])  # still the same frame: its clock runs on
+    assert stream.sent == []
+    now[0] += _hypercorn._message_deadline_seconds
+    await stream.feed(data[200:-1])
+    assert [getattr(e, "code", None) for e in stream.sent] == [1009]
+    assert stream.received == []
