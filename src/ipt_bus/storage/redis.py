@@ -369,7 +369,7 @@ class RedisLog:
         await self.refresh()
 
     async def refresh(self) -> None:
-        """Learn the oldest and newest seq and the size from Redis."""
+        """Learn the oldest and newest seq and the bytes held from Redis."""
         raw = await self._read_script(
             keys=[self._stream, self._key("seq")], args=["-", "+", 0, "fwd"]
         )
@@ -394,10 +394,6 @@ class RedisLog:
 
     @property
     def append_waits(self) -> bool:
-        return True
-
-    @property
-    def shared(self) -> bool:
         return True
 
     async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
