@@ -283,7 +283,7 @@ async def test_a_partial_frame_held_here_is_cut_at_the_message_deadline(
     from wsproto.events import TextMessage
 
     now = [1000.0]
-    monkeypatch.setattr(_hypercorn.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("ipt_bus.edge.transport.time.monotonic", lambda: now[0])
     data = _client_frames(TextMessage(data="x" * 300))
     stream = _Stream()
     await stream.feed(data[:100])
