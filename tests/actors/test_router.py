@@ -323,3 +323,44 @@ async def test_continuous_publishing_still_wakes_writers_every_round(
     assert FAN_OUT_ROUND_EVENTS <= writes[0][0] <= FAN_OUT_ROUND_EVENTS + 2
     send.close()
     receive.close()
+
+
+async def test_a_shared_logs_tail_fans_out_and_a_trimmed_stretch_becomes_a_missed_range(
+    nursery: trio.Nursery,
+) -> None:
+    """With a shared log the router fans out what the tail reads, not what it appended; events
+    the tail never read (trimmed first) are left to the writer's catch-up, which tells the
+    client of them with a gap."""
+    from ipt_bus.storage.base import ALL, Record
+
+    feed_send, feed = trio.open_memory_channel[list[Record]](4)
+
+    class Shared(MemoryLog):  # the memory log as a shared one: its tail is what the test feeds
+        async def tail(self, after: int) -> AsyncIterator[list[Record]]:
+            async for records in feed:
+                yield records
+
+        async def settle(self, seq: int, timeout: float) -> None:
+            return None
+
+        async def rejoin(self) -> int:
+            return self.last_seq
+
+    log = Shared(100)
+    stats = await start_stats(nursery, 1000)
+    router = await start_router(nursery, log, stats, inbox_size=16, max_subscriptions=3)
+    outbox = box()
+    await router.attach(outbox, ["a.*"])
+    appended = await router.publish([ev("a.x", 1), ev("a.x", 2)], timeout=5)
+    assert [p.seq for p in appended] == [1, 2]
+    assert outbox.queued == 0  # appended is not delivered: only what the tail reads is
+    records = await log.read_after(0, ALL, 10)
+    await feed_send.send(records.records[:1])
+    assert await seqs(outbox) == [1]
+    await log.append([ev("a.x", n) for n in range(3, 6)])  # seqs 3, 4, 5
+    page = await log.read_after(0, ALL, 10)
+    await feed_send.send(page.records[3:])  # the tail never saw 2-4: only 5
+    taken = await outbox.take()
+    assert [(m.after, m.upto) for m in taken.missed] == [(1, 5)]  # read from the log instead
+    router.close()
+    stats.close()

@@ -119,6 +119,16 @@ class Outbox:
             after, old = missed[-1]
             missed[-1] = (after, tuple(sorted({*old, *self._patterns})))
 
+    def skipped(self, upto: int) -> None:
+        """Events up to `upto` will not be offered (a shared log's tail found them trimmed
+        before it read them): the writer reads that range from the log, which then tells the
+        client what retention took (a `gap`), rather than the events silently not arriving."""
+        if upto <= self._head or self.closed_code is not None:
+            return
+        if not self._missed:
+            self._missed.append((self._head, self._patterns))
+        self._head = upto
+
     def offer(self, data: bytes, seq: int, accepted_at: float) -> bool:
         """Queue one encoded event, or leave it to the log when the queue is full (or behind).
 

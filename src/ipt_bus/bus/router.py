@@ -324,6 +324,16 @@ class Router:
 
     def _deliver(self, records: list[Record]) -> None:
         """Fan out what a shared log's tail read (from every node's publishes)."""
+        assert self._delivered is not None
+        if records[0].seq > self._delivered + 1:  # trimmed before the tail read them
+            _log.warning(
+                "events %d-%d were trimmed before this node read them; its subscribers are "
+                "told with a gap",
+                self._delivered + 1,
+                records[0].seq - 1,
+            )
+            for outbox in self._outboxes.values():
+                outbox.skipped(records[0].seq - 1)
         per_topic: Counter[str] = Counter()
         dropped = 0
         unwoken = self._unwoken
