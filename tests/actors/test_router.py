@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -345,6 +345,11 @@ async def test_a_shared_logs_tail_fans_out_and_a_trimmed_stretch_becomes_a_misse
 
         async def rejoin(self) -> int:
             return self.last_seq
+
+        async def append_keyed(
+            self, events: Any, keys: Any = ()
+        ) -> tuple[list[Record], dict[str, Any]]:
+            return await self.append(events, keys), {}
 
     log = Shared(100)
     stats = await start_stats(nursery, 1000)

@@ -287,3 +287,45 @@ async def test_a_url_it_cannot_use_is_refused_by_name(url: str) -> None:
     with pytest.raises(StorageOpenError, match="--redis-url"):
         async with RedisLog.open(url):
             pass
+
+
+async def test_a_key_logged_by_another_node_since_recall_is_a_repeat_not_an_append(
+    redis_url: str,
+) -> None:
+    """The race the router's `recall` cannot close alone: the script checks the key as it
+    appends, so the second node answers with the first node's publish."""
+    async with two_nodes(redis_url) as (a, b):
+        original = await a.append([ev(n=1), ev(n=2)], [Key("k", 0, 2)])
+        records, repeats = await b.append_keyed(
+            [ev(n=9), ev("x.y", n=3), ev("x.y", n=4)], [Key("k", 0, 1), Key("j", 1, 2)]
+        )
+        assert repeats == {"k": [Published(r.id, r.seq) for r in original]}
+        assert [r.seq for r in records] == [3, 4]  # only the new publish (key j) was stored
+        assert await a.recall("j") == [Published(r.id, r.seq) for r in records]
+        page = await a.read_after(0, Query(), 10)
+        assert [r.seq for r in page.records] == [1, 2, 3, 4]
+        # `append` keeps every log's shape: a repeat's slots hold the original's seqs
+        again = await b.append([ev(n=1), ev(n=2)], [Key("k", 0, 2)])
+        assert [(r.seq, r.id) for r in again] == [(r.seq, r.id) for r in original]
+
+
+async def test_the_router_answers_a_racing_repeat_with_the_original(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipt_bus.bus.router import start_router
+    from ipt_bus.bus.stats import start_stats
+
+    async with two_nodes(redis_url) as (a, b), trio.open_nursery() as nursery:
+        original = await a.append([ev(n=1)], [Key("k", 0, 1)])
+
+        async def not_yet(self: RedisLog, key: str) -> None:  # A logged it just after
+            return None
+
+        monkeypatch.setattr(RedisLog, "recall", not_yet)
+        stats = await start_stats(nursery, 1000)
+        router = await start_router(nursery, b, stats, inbox_size=16, max_subscriptions=3)
+        answer = await router.publish([ev(n=1)], timeout=5, key="k")
+        assert answer == [Published(r.id, r.seq) for r in original]
+        assert (await b.read_after(0, Query(), 10)).next_since == 1  # nothing more stored
+        router.close()
+        stats.close()

@@ -151,9 +151,11 @@ class Router:
     # a shared log: the newest seq fanned out here (attach points count from it, not from the
     # log's last seq, which may be ahead of what the tail read)
     _delivered: int | None = None
+    _shared: SharedLog | None = None
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self._log, SharedLog):
+            self._shared = self._log
             self._delivered = self._log.last_seq
 
     @property
@@ -274,14 +276,21 @@ class Router:
             logged.append(p)
             events.extend(p.events)
         answers: dict[int, list[Published] | StorageError] = {}  # id(logged Publish) -> answer
+        repeats: dict[str, list[Published]] = {}  # keys another node logged since `recall`
         if events:
             try:
-                records = await self._log.append(events, keys)
+                if self._shared is not None:
+                    records, repeats = await self._shared.append_keyed(events, keys)
+                else:
+                    records = await self._log.append(events, keys)
             except StorageError as exc:
                 answers = dict.fromkeys(map(id, logged), exc)
             else:
                 offset = 0
                 for p in logged:
+                    if p.key is not None and p.key in repeats:
+                        answers[id(p)] = repeats[p.key]
+                        continue
                     n = len(p.events)
                     answers[id(p)] = [Published(r.id, r.seq) for r in records[offset : offset + n]]
                     offset += n
@@ -292,8 +301,9 @@ class Router:
         for p in batch:
             answer = known[id(p)] if id(p) in known else answers[id(same_as.get(id(p), p))]
             _answer(p.reply, (p.token, answer))
-        if known or same_as:
-            self._stats.record(Counted("idempotent_repeats", len(known) + len(same_as)))
+        if known or same_as or repeats:
+            count = len(known) + len(same_as) + len(repeats)
+            self._stats.record(Counted("idempotent_repeats", count))
         return following
 
     def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:

@@ -155,6 +155,14 @@ class SharedLog(EventLog, Protocol):
         node may have seen, on another, events this node has not read yet."""
         ...
 
+    async def append_keyed(
+        self, events: Sequence[Event], keys: Sequence[Key] = ()
+    ) -> tuple[list[Record], dict[str, list[Published]]]:
+        """`append`, checking each publish's key as it stores: a key another node logged since
+        the caller's `recall` makes that publish a repeat (not stored). The records of what was
+        stored, in order, and each repeat's original answer by key."""
+        ...
+
     async def rejoin(self) -> int:
         """After `EpochChanged`: adopt the log as it is now (retrying until it answers);
         returns its last `seq`, where the tail goes on."""

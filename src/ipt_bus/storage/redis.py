@@ -66,29 +66,53 @@ if epoch ~= ARGV[1] then
   return redis.error_reply('EPOCH ' .. tostring(epoch))
 end
 local n = tonumber(ARGV[2])
-local last = redis.call('INCRBY', KEYS[1], n)
-local first = last - n + 1
-local i = 4
+local kbase = 4 + 5 * n
+local nkeys = #KEYS - 4
+local skip = {}
+local repeats = {}
+local appended = n
+for k = 1, nkeys do
+  local found = redis.call('GET', KEYS[4 + k])
+  if found then
+    local start = tonumber(ARGV[kbase + 2 * (k - 1)])
+    local count = tonumber(ARGV[kbase + 2 * (k - 1) + 1])
+    for e = start, start + count - 1 do skip[e] = true end
+    appended = appended - count
+    repeats[k] = found
+  else
+    repeats[k] = ''
+  end
+end
+local last = redis.call('INCRBY', KEYS[1], appended)
+local first = last - appended + 1
+local s = first
+local seqs = {}
 local bytes = 0
 local extra = 16 + #ARGV[1]
-for s = first, last do
-  bytes = bytes + #ARGV[i + 4] + extra + 2 * #tostring(s)
-  if ARGV[i + 2] == '' then
-    redis.call('XADD', KEYS[2], s .. '-0', 't', ARGV[i], 'y', ARGV[i + 1],
-      's', ARGV[i + 3], 'b', ARGV[i + 4])
-  else
-    redis.call('XADD', KEYS[2], s .. '-0', 't', ARGV[i], 'y', ARGV[i + 1],
-      'c', ARGV[i + 2], 's', ARGV[i + 3], 'b', ARGV[i + 4])
+for e = 0, n - 1 do
+  if not skip[e] then
+    local i = 4 + 5 * e
+    bytes = bytes + #ARGV[i + 4] + extra + 2 * #tostring(s)
+    if ARGV[i + 2] == '' then
+      redis.call('XADD', KEYS[2], s .. '-0', 't', ARGV[i], 'y', ARGV[i + 1],
+        's', ARGV[i + 3], 'b', ARGV[i + 4])
+    else
+      redis.call('XADD', KEYS[2], s .. '-0', 't', ARGV[i], 'y', ARGV[i + 1],
+        'c', ARGV[i + 2], 's', ARGV[i + 3], 'b', ARGV[i + 4])
+    end
+    seqs[e] = s
+    s = s + 1
   end
-  i = i + 5
 end
 redis.call('INCRBY', KEYS[4], bytes)
-for k = 5, #KEYS do
-  redis.call('SET', KEYS[k], (first + tonumber(ARGV[i])) .. ':' .. ARGV[i + 1],
-    'PX', ARGV[3], 'NX')
-  i = i + 2
+for k = 1, nkeys do
+  if repeats[k] == '' then
+    local start = tonumber(ARGV[kbase + 2 * (k - 1)])
+    redis.call('SET', KEYS[4 + k], seqs[start] .. ':' .. ARGV[kbase + 2 * (k - 1) + 1],
+      'PX', ARGV[3])
+  end
 end
-return first
+return {first, repeats}
 """
 
 _TRIM: Final = """
@@ -397,6 +421,33 @@ class RedisLog:
         return True
 
     async def append(self, events: Sequence[Event], keys: Sequence[Key] = ()) -> list[Record]:
+        """As every log's; a publish whose key another node logged meanwhile holds the original
+        seqs and ids in its slots (`append_keyed` tells such repeats apart: the router uses it)."""
+        records, repeats = await self.append_keyed(events, keys)
+        out: list[Record] = []
+        taken = 0
+        by_start = {k.start: k for k in keys if k.key in repeats}
+        index = 0
+        while index < len(events):
+            key = by_start.get(index)
+            if key is None:
+                out.append(records[taken])
+                taken += 1
+                index += 1
+                continue
+            original = repeats[key.key]
+            for i in range(key.count):
+                p = original[min(i, len(original) - 1)]
+                out.append(Record(p.seq, p.id, events[index + i].topic, b""))
+            index += key.count
+        return out
+
+    async def append_keyed(
+        self, events: Sequence[Event], keys: Sequence[Key] = ()
+    ) -> tuple[list[Record], dict[str, list[Published]]]:
+        """Append in one script, which also checks each publish's key: a key another node
+        logged since the router's `recall` makes its publish a repeat, not appended. Returns
+        the records of what was appended, and each repeat's original answer by key."""
         now = datetime.now(UTC)
         args: list[str | bytes | int | float] = [
             self._epoch,
@@ -419,11 +470,21 @@ class RedisLog:
             args += [k.start, k.count]
         names = [self._key("seq"), self._stream, self._key("epoch"), self._key("bytes")]
         names += [self._key(f"key:{k.key}") for k in keys]
-        first = int(await self._call(self._append_script, names, args))
-        self._note(first + len(events) - 1)
-        records = [_record(first + i, t, b, self._epoch) for i, (t, b) in enumerate(bodies)]
+        first_raw, found = await self._call(self._append_script, names, args)
+        first = int(first_raw)
+        repeats: dict[str, list[Published]] = {}
+        skipped: set[int] = set()
+        for k, value in zip(keys, found, strict=True):
+            if value:
+                original_first, count = value.split(b":")
+                repeats[k.key] = published_range(self._epoch, int(original_first), int(count))
+                skipped.update(range(k.start, k.start + k.count))
+        kept = [b for i, b in enumerate(bodies) if i not in skipped]
+        records = [_record(first + i, t, b, self._epoch) for i, (t, b) in enumerate(kept)]
+        if records:
+            self._note(records[-1].seq)
         self._bytes += sum(len(r.data) for r in records)
-        return records
+        return records, repeats
 
     async def recall(self, key: str) -> list[Published] | None:
         found = await self._guard(self._client.get(self._key(f"key:{key}")))
