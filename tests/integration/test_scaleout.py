@@ -173,6 +173,10 @@ async def test_redis_going_away_refuses_publishes_and_everything_recovers_withou
             assert refused.json()["error"]["code"] == "storage_unavailable"
             answer = await request(pub, {"action": "publish", "id": 1, "event": event("f.x")})
             assert answer["error"]["code"] == "storage_unavailable"
+            keyed = await http.post(
+                "/events", json=event("f.x"), headers={"Idempotency-Key": "while-down"}
+            )  # its key cannot be looked up either: refused the same way, the node stays up
+            assert keyed.status_code == 503, keyed.text
             health = await http.get("/health")
             assert health.status_code == 503
             assert health.json()["status"] == "degraded"

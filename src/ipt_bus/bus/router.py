@@ -263,7 +263,10 @@ class Router:
         first_with: dict[str, Publish] = {}
         for p in batch:
             if p.key is not None:
-                recalled = await self._log.recall(p.key)
+                try:
+                    recalled = await self._log.recall(p.key)
+                except StorageError:  # the append fails too, or (shared) checks the key itself
+                    recalled = None
                 if recalled is not None:  # logged before: answered even if this append fails
                     known[id(p)] = recalled
                     continue

@@ -629,6 +629,9 @@ class RedisLog:
                 got = await self._client.xread(
                     {self._stream: f"{cursor}-0"}, count=READ_CHUNK, block=TAIL_BLOCK_MS
                 )
+                if failures or not got or self._epoch_lost:
+                    # back from a failure, or idle: a flushed Redis has no entries after `cursor`
+                    await self._check_epoch()
             except (coredis.exceptions.RedisError, OSError) as exc:
                 self._problem = f"Redis at {self.url} unreachable: {_reason(exc)}"
                 await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
@@ -636,10 +639,8 @@ class RedisLog:
                 continue
             if failures:
                 failures = 0
-                await self._check_epoch()
                 self._problem = None
-            if not got or self._epoch_lost:
-                await self._check_epoch()  # a flushed Redis has no new entries after `cursor`
+            if not got:
                 continue
             entries = next(iter(got.values()))
             records = [
