@@ -310,30 +310,15 @@ class Router:
         return following
 
     def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:
+        """Offer what was just appended (a log of this node), each publish with its time."""
         per_topic: Counter[str] = Counter()
         dropped = 0
-        index = 0
-        unwoken = self._unwoken
-        self._unwoken_events += len(records)
+        start = 0
         for p in batch:
-            accepted_at = p.accepted_at
-            for _ in p.events:
-                record = records[index]
-                index += 1
-                topic = record.topic
-                per_topic[topic] += 1
-                targets = self._targets.get(topic)
-                if targets is None:
-                    targets = self._targets_of(topic)
-                unwoken[id(targets)] = targets
-                data = record.data
-                seq = record.seq
-                for outbox in targets:
-                    if not outbox.offer(data, seq, accepted_at):
-                        dropped += 1
-        self._stats.record(Accepted(len(records), dict(per_topic), time.time()))
-        if dropped:
-            self._stats.record(Dropped("closing", dropped))
+            end = start + len(p.events)
+            dropped += self._offer(records, start, end, p.accepted_at, per_topic)
+            start = end
+        self._fanned_out(len(records), per_topic, dropped)
 
     def _deliver(self, records: list[Record]) -> None:
         """Fan out what a shared log's tail read (from every node's publishes)."""
@@ -348,20 +333,40 @@ class Router:
             for outbox in self._outboxes.values():
                 outbox.skipped(records[0].seq - 1)
         per_topic: Counter[str] = Counter()
+        dropped = self._offer(records, 0, len(records), trio.current_time(), per_topic)
+        self._delivered = records[-1].seq
+        self._fanned_out(len(records), per_topic, dropped)
+
+    def _offer(
+        self,
+        records: list[Record],
+        start: int,
+        end: int,
+        accepted_at: float,
+        per_topic: Counter[str],
+    ) -> int:
+        """Offer `records[start:end]` to their targets (counted in `per_topic`); returns how
+        many offers found their outbox closed."""
         dropped = 0
         unwoken = self._unwoken
-        self._unwoken_events += len(records)
-        accepted_at = trio.current_time()
-        for record in records:
+        for index in range(start, end):
+            record = records[index]
             topic = record.topic
             per_topic[topic] += 1
-            targets = self._targets_of(topic)
+            targets = self._targets.get(topic)  # inline: the common case, no call
+            if targets is None:
+                targets = self._targets_of(topic)
             unwoken[id(targets)] = targets
+            data = record.data
+            seq = record.seq
             for outbox in targets:
-                if not outbox.offer(record.data, record.seq, accepted_at):
+                if not outbox.offer(data, seq, accepted_at):
                     dropped += 1
-        self._delivered = records[-1].seq
-        self._stats.record(Accepted(len(records), dict(per_topic), time.time()))
+        return dropped
+
+    def _fanned_out(self, count: int, per_topic: Counter[str], dropped: int) -> None:
+        self._unwoken_events += count
+        self._stats.record(Accepted(count, dict(per_topic), time.time()))
         if dropped:
             self._stats.record(Dropped("closing", dropped))
 

@@ -57,18 +57,25 @@ class Query:
     time_to: float | None = None  # exclusive
 
     def matches(self, event: Event) -> bool:
-        if self.patterns and not matches_any(self.patterns, event.topic):
-            return False
-        if self.types and event.type not in self.types:
-            return False
-        if self.correlation_id is not None and event.correlation_id != self.correlation_id:
-            return False
         if self.time_from is None and self.time_to is None:
-            return True
-        assert event.timestamp is not None  # stored events always have one
-        ts = event.timestamp.timestamp()
-        return (self.time_from is None or ts >= self.time_from) and (
-            self.time_to is None or ts < self.time_to
+            ts = 0.0  # not looked at
+        else:
+            assert event.timestamp is not None  # stored events always have one
+            ts = event.timestamp.timestamp()
+        return self.matches_fields(event.topic, event.type, event.correlation_id, ts)
+
+    def matches_fields(
+        self, topic: str, type_: str, correlation_id: str | None, timestamp: float
+    ) -> bool:
+        """`matches`, for a log that keeps these fields beside the event (Redis)."""
+        if self.patterns and not matches_any(self.patterns, topic):
+            return False
+        if self.types and type_ not in self.types:
+            return False
+        if self.correlation_id is not None and correlation_id != self.correlation_id:
+            return False
+        return (self.time_from is None or timestamp >= self.time_from) and (
+            self.time_to is None or timestamp < self.time_to
         )
 
 

@@ -38,7 +38,6 @@ import trio
 from ipt_bus.core.codec import encode_event
 from ipt_bus.core.errors import StorageError, StorageOpenError
 from ipt_bus.core.model import Event, Published
-from ipt_bus.core.topics import matches_any
 from ipt_bus.storage.base import (
     DeadLetter,
     EpochChanged,
@@ -187,15 +186,7 @@ class _Entry:
         )
 
     def matches(self, query: Query) -> bool:
-        if query.patterns and not matches_any(query.patterns, self.topic):
-            return False
-        if query.types and self.type not in query.types:
-            return False
-        if query.correlation_id is not None and self.correlation_id != query.correlation_id:
-            return False
-        if query.time_from is not None and self.ts < query.time_from:
-            return False
-        return query.time_to is None or self.ts < query.time_to
+        return query.matches_fields(self.topic, self.type, self.correlation_id, self.ts)
 
     def record(self, epoch: str) -> Record:
         return _record(self.seq, self.topic, self.body, epoch)
@@ -470,7 +461,7 @@ class RedisLog:
             args += [k.start, k.count]
         names = [self._key("seq"), self._stream, self._key("epoch"), self._key("bytes")]
         names += [self._key(f"key:{k.key}") for k in keys]
-        first_raw, found = await self._call(self._append_script, names, args)
+        first_raw, found = await self._guard(self._append_script(keys=names, args=args))
         first = int(first_raw)
         repeats: dict[str, list[Published]] = {}
         skipped: set[int] = set()
@@ -540,10 +531,11 @@ class RedisLog:
         self, start: str, end: str, count: int, *, reverse: bool = False
     ) -> tuple[int, list[Any], int]:
         """(oldest retained seq, entries, newest seq), read at one moment."""
-        first, entries, last = await self._call(
-            self._read_script,
-            [self._stream, self._key("seq")],
-            [start, end, count, "rev" if reverse else "fwd"],
+        first, entries, last = await self._guard(
+            self._read_script(
+                keys=[self._stream, self._key("seq")],
+                args=[start, end, count, "rev" if reverse else "fwd"],
+            )
         )
         newest = int(last)
         self._note(newest)
@@ -573,8 +565,8 @@ class RedisLog:
             ]
             more = 1
             while more:
-                count, more = await self._call(
-                    self._trim_script, [self._stream, self._key("bytes")], args
+                count, more = await self._guard(
+                    self._trim_script(keys=[self._stream, self._key("bytes")], args=args)
                 )
                 dropped += int(count)
         await self._guard(self.refresh())
@@ -633,8 +625,8 @@ class RedisLog:
                     # back from a failure, or idle: a flushed Redis has no entries after `cursor`
                     await self._check_epoch()
             except (coredis.exceptions.RedisError, OSError) as exc:
-                self._problem = f"Redis at {self.url} unreachable: {_reason(exc)}"
-                await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                self._unreachable(exc)
+                await _back_off(failures)
                 failures += 1
                 continue
             if failures:
@@ -669,8 +661,8 @@ class RedisLog:
                 self._last = 0
                 await self._join()
             except (coredis.exceptions.RedisError, OSError) as exc:
-                self._problem = f"Redis at {self.url} unreachable: {_reason(exc)}"
-                await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                self._unreachable(exc)
+                await _back_off(failures)
                 failures += 1
                 continue
             self._epoch_lost = False
@@ -693,27 +685,28 @@ class RedisLog:
 
     # --- failure handling -----------------------------------------------------------------
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _guard(self, request: Any) -> Any:
+        """Await a Redis request: its failures become `StorageError` (and `problem()`), a lost
+        epoch `EpochChanged`."""
         try:
-            result = await script(keys=keys, args=args)
+            result = await request
         except coredis.exceptions.ResponseError as exc:
             if str(exc).startswith("EPOCH"):
                 raise self._lost() from None
             raise StorageError(f"Redis at {self.url} refused: {exc}") from None
         except (coredis.exceptions.RedisError, OSError) as exc:
-            self._problem = f"Redis at {self.url} unreachable: {_reason(exc)}"
-            raise StorageError(self._problem) from None
+            raise StorageError(self._unreachable(exc)) from None
         self._problem = None
         return result
 
-    async def _guard(self, request: Any) -> Any:
-        try:
-            result = await request
-        except (coredis.exceptions.RedisError, OSError) as exc:
-            self._problem = f"Redis at {self.url} unreachable: {_reason(exc)}"
-            raise StorageError(self._problem) from None
-        self._problem = None
-        return result
+    def _unreachable(self, exc: BaseException) -> str:
+        self._problem = f"Redis at {self.url} unreachable: {_reason(exc)}"
+        return self._problem
+
+
+async def _back_off(failures: int) -> None:
+    """The wait before retrying after `failures` failed tries in a row."""
+    await trio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
 
 
 def _arg(value: float | None) -> str:
