@@ -85,6 +85,19 @@ STORAGE_ARGS: dict[str, list[str]] = {
 }
 
 
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, seconds: float) -> None:
+    """Poll until `port` accepts (with a deadline; a process gives no other sign)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
 @contextmanager
 def redis_for_bench() -> Iterator[str]:
     """A `redis-server` for the `redis` rows, pinned to core 0 beside the bus (its CPU counts
@@ -102,15 +115,7 @@ def redis_for_bench() -> Iterator[str]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.05)
+            _wait_listening(port, proc, "redis-server", 10)
             url = f"redis://127.0.0.1:{port}/0"
             STORAGE_ARGS["redis"] = ["--storage", "redis", "--redis-url", url]
             REDIS_PIDS[:] = [proc.pid]
@@ -171,15 +176,7 @@ def server(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{kind} server did not start") from None
-                time.sleep(0.05)
+        _wait_listening(port, proc, f"{kind} server", 20)
         yield proc
     finally:
         proc.terminate()

@@ -216,11 +216,7 @@ async def _status(http: httpx.AsyncClient, path: str, status: int) -> bool:
 
 async def test_workers_share_one_port_and_one_bus(tmp_path: Path) -> None:
     with redis_server(tmp_path) as redis:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [str(BIN / "ipt-bus"), "serve", "--port", str(port), "--storage", "redis"]
-        async with process(*argv, "--redis-url", redis.url, "--workers", "2") as proc:
-            await wait_for(lambda: healthy(url), seconds=20)
+        async with node(redis.url, "--workers", "2") as (url, proc):
             await wait_for(lambda: _workers_listening(url, 2), seconds=30)
             by_node: dict[str, WebSocketConnection] = {}
             async with contextlib.AsyncExitStack() as stack:
@@ -408,11 +404,7 @@ async def test_serve_refuses_a_redis_it_cannot_use(tmp_path: Path) -> None:
 
 async def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     with redis_server(tmp_path) as redis:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [str(BIN / "ipt-bus"), "serve", "--port", str(port), "--storage", "redis"]
-        async with process(*argv, "--redis-url", redis.url, "--workers", "2") as proc:
-            await wait_for(lambda: healthy(url), seconds=20)
+        async with node(redis.url, "--workers", "2") as (url, proc):
             pids: set[int] = set()
             await wait_for(lambda: _workers_listening(url, 2, pids), seconds=30)
             proc.kill()  # no chance to pass anything on
