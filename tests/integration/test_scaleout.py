@@ -413,3 +413,12 @@ async def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> Non
                 return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
             await wait_for(gone, seconds=20)
+
+
+@pytest.mark.parametrize("prefix", ["", "a b", "{bus}"])
+def test_a_redis_prefix_that_cannot_be_a_hash_tag_is_refused_by_name(prefix: str) -> None:
+    from ipt_bus.cli import config_from_args
+
+    argv = ["serve", "--storage", "redis", "--redis-url", "redis://127.0.0.1:1/0"]
+    with pytest.raises(ValueError, match="--redis-prefix"):
+        config_from_args([*argv, "--redis-prefix", prefix])

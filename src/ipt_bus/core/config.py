@@ -132,7 +132,10 @@ class BusConfig:
                 "e.g. redis://127.0.0.1:6379/0"
             )
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{} "):
-            raise ValueError("redis_prefix must be a non-empty name without braces or spaces")
+            raise ValueError(
+                f"--redis-prefix {self.redis_prefix!r}: a bus name must be non-empty, without "
+                "braces or spaces (it becomes the Redis hash tag {prefix})"
+            )
         if self.durability not in ("safe", "fast"):
             raise ValueError(f"unknown durability {self.durability!r}; choose safe or fast")
         for name in ("retention_events", "retention_bytes", "retention_age_seconds"):

@@ -243,12 +243,11 @@ async def connect(url: str, connect_timeout: float) -> AsyncIterator[Client]:
                 "expected redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://"
             )
         if kind == "sentinel":
-            auth, _, where = rest.rpartition("@")
+            user, password, where = _credentials(rest)
             hosts, _, path = where.partition("/")
             service, _, db = path.partition("/")
             if not service:
                 raise ValueError("name the Sentinel service: redis+sentinel://host:port/service")
-            user, _, password = auth.partition(":")
             tls: dict[str, Any] = {}
             if base == "rediss":
                 tls["ssl_context"] = ssl.create_default_context()
@@ -264,8 +263,7 @@ async def connect(url: str, connect_timeout: float) -> AsyncIterator[Client]:
                 "password": password or None,
             }
         elif kind == "cluster":
-            auth, _, where = rest.rpartition("@")
-            user, _, password = auth.partition(":")
+            user, password, where = _credentials(rest)
             cluster: coredis.RedisCluster[bytes] = coredis.RedisCluster(
                 startup_nodes=[_location(h, 6379) for h in where.split("/")[0].split(",")],
                 username=user or None,
@@ -470,7 +468,7 @@ class RedisLog:
                 original_first, count = value.split(b":")
                 repeats[k.key] = published_range(self._epoch, int(original_first), int(count))
                 skipped.update(range(k.start, k.start + k.count))
-        kept = [b for i, b in enumerate(bodies) if i not in skipped]
+        kept = [b for i, b in enumerate(bodies) if i not in skipped] if skipped else bodies
         records = [_record(first + i, t, b, self._epoch) for i, (t, b) in enumerate(kept)]
         if records:
             self._note(records[-1].seq)
@@ -723,6 +721,12 @@ def _redacted(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
-    auth, _, where = rest.rpartition("@")
-    user = auth.partition(":")[0]
+    user, _, where = _credentials(rest)
     return f"{scheme}://{user + ':***@' if user else '***@'}{where}"
+
+
+def _credentials(rest: str) -> tuple[str, str, str]:
+    """`[user[:password]@]where` (a URL after its scheme) -> user, password, where."""
+    auth, _, where = rest.rpartition("@")
+    user, _, password = auth.partition(":")
+    return user, password, where
