@@ -17,6 +17,8 @@ from ipt_bus.core.config import BusConfig
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    import pytest
+
     from ipt_bus.bus.node import BusHandle
 
 
@@ -127,3 +129,36 @@ async def test_the_fan_out_writes_to_a_parked_writers_socket_itself() -> None:
         assert len(texts) == 3
         assert [orjson.loads(line)["seq"] for line in texts[2].split(b"\n")] == [1, 2, 3]
         assert sock.direct_writes == 1
+
+
+async def test_a_publisher_is_read_no_further_past_the_bytes_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Publishes whose acks are due may take `publish_bytes_in_flight` of message text (plus the
+    one that crossed it): the reader waits there until the log answers, then reads on."""
+    from ipt_bus.storage.memory import MemoryLog
+
+    release = trio.Event()
+    append = MemoryLog.append
+
+    async def stalled(self: MemoryLog, events: Any, keys: Any = ()) -> Any:
+        await release.wait()
+        return await append(self, events, keys)
+
+    monkeypatch.setattr(MemoryLog, "append", stalled)
+
+    def publish(i: int) -> str:
+        event = {"type": "t", "topic": "a", "payload": {"pad": "x" * 320}}
+        return orjson.dumps({"action": "publish", "id": i, "event": event}).decode()
+
+    frames = [publish(i) for i in range(5)]
+    assert all(390 <= len(f) <= 410 for f in frames)
+    sock = FakeSocket(frames)
+    async with connected(sock, ConnectParams(), publish_bytes_in_flight=1000):
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(sock.incoming) == 2  # 3 x ~400 > 1000: the reader waits after the third
+        release.set()
+        with trio.fail_after(5):
+            while sum(b'"published"' in t for _, t in sock.sent) < 5:
+                await trio.testing.wait_all_tasks_blocked()
+        assert sock.incoming == []

@@ -171,6 +171,7 @@ class _Stream:
         self.handshake = type("H", (), {"accepted": True})()
         self.closed = False
         self.received: list[str | bytes] = []
+        self.messages: list[dict[str, Any]] = []
         self.sent: list[Any] = []
         self.stream_id = 1
         self.to_wsproto = 0  # bytes handed to wsproto
@@ -183,6 +184,7 @@ class _Stream:
         self.connection.receive_data = counted  # type: ignore[method-assign]
 
     async def app_put(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
         text = message.get("text")
         self.received.append(text if text is not None else bytes(message.get("bytes") or b""))
 
@@ -246,6 +248,36 @@ async def test_a_ping_between_text_frames_is_wsprotos_and_the_rest_still_arrives
     await stream.feed(_client_frames(TextMessage(data="d")))  # wsproto idle again: ours
     assert stream.received[-1] == "d"
     assert stream.to_wsproto == handed
+
+
+async def test_a_reads_texts_reach_an_app_that_takes_them_so_as_one_message() -> None:
+    """One queue slot per read (hypercorn's app queue holds 10 messages): for the app that said
+    it takes them so, and `AsgiWebSocket` hands them out one by one, in order."""
+    from wsproto.events import TextMessage
+
+    from ipt_bus.bus.connection import Disconnected
+    from ipt_bus.edge.transport import MANY_ATTR, MANY_KEY, AsgiWebSocket
+
+    data = _client_frames(*(TextMessage(data=t) for t in ("a", "b", "c")))
+    plain = _Stream()
+    await plain.feed(data)
+    assert [m.get(MANY_KEY) for m in plain.messages] == [None, None, None]  # any other app
+    stream = _Stream()
+    setattr(stream, MANY_ATTR, True)
+    await stream.feed(data, _client_frames(TextMessage(data="d")))
+    assert [m.get(MANY_KEY) for m in stream.messages] == [["a", "b", "c"], None]
+    queued = [*stream.messages, {"type": "websocket.disconnect", "code": 1000}]
+
+    async def receive() -> dict[str, Any]:
+        return queued.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing is sent")
+
+    ws = AsgiWebSocket(receive, send)
+    assert [await ws.receive() for _ in range(4)] == ["a", "b", "c", "d"]
+    with pytest.raises(Disconnected):
+        await ws.receive()
 
 
 async def test_a_fragmented_message_goes_through_wsproto_whole() -> None:

@@ -113,22 +113,38 @@ class _Pipeline:
 
     At most `publishes_in_flight` wait in `in_flight`, one is with the acker and one with the
     reader; `answers` holds twice that, so the router's `send_nowait` of an answer never fails.
+    `size` counts the characters of their messages: past `publish_bytes_in_flight` the reader
+    waits (`wait_room`) until the acker has answered enough of them.
     """
 
-    # the frame, its answer's token, when it arrived (trio clock)
-    in_flight: trio.MemorySendChannel[tuple[Publish, int, float]]
-    in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int, float]]
+    # the frame, its answer's token, when it arrived (trio clock), its message's size
+    in_flight: trio.MemorySendChannel[tuple[Publish, int, float, int]]
+    in_flight_rx: trio.MemoryReceiveChannel[tuple[Publish, int, float, int]]
     answers: trio.MemorySendChannel[Answer]
     answers_rx: trio.MemoryReceiveChannel[Answer]
-    token: int = 0
+    max_size: int
+    size: int = 0  # of the messages in flight
+    _room: trio.Event | None = None  # made when the reader waits for `size` to fall
     durations: Histogram = attrs.field(factory=Histogram)  # since the last report
     reported: float = 0.0  # trio time of the last report
 
     @classmethod
-    def open(cls, size: int) -> _Pipeline:
-        in_flight, in_flight_rx = trio.open_memory_channel[tuple[Publish, int, float]](size)
-        answers, answers_rx = trio.open_memory_channel[Answer](2 * size + 4)
-        return cls(in_flight, in_flight_rx, answers, answers_rx)
+    def open(cls, count: int, max_size: int) -> _Pipeline:
+        in_flight, in_flight_rx = trio.open_memory_channel[tuple[Publish, int, float, int]](count)
+        answers, answers_rx = trio.open_memory_channel[Answer](2 * count + 4)
+        return cls(in_flight, in_flight_rx, answers, answers_rx, max_size)
+
+    async def wait_room(self) -> None:
+        while self.size > self.max_size:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def answered(self, size: int) -> None:
+        self.size -= size
+        if self._room is not None and self.size <= self.max_size:
+            self._room.set()
+            self._room = None
 
     async def answer_for(self, token: int, timeout: float) -> list[Published]:
         while True:  # the answer is often there already: no timer needed then
@@ -310,7 +326,7 @@ class Connection:
         try:
             match frame:
                 case Publish():
-                    await self._publish(frame, small=got.small)
+                    await self._publish(frame, len(message), small=got.small)
                 case Subscribe():
                     await self._subscribe(frame.id, frame.topics, subscribe=True, batch=frame.batch)
                 case Unsubscribe():
@@ -322,7 +338,7 @@ class Connection:
         except BusError as exc:
             await self._reply(self._conversation.refused(frame.id, exc))
 
-    async def _publish(self, frame: Publish, *, small: bool) -> None:
+    async def _publish(self, frame: Publish, size: int, *, small: bool) -> None:
         received = trio.current_time()
         cfg = self._bus.config
         max_bytes = None if small else cfg.max_event_bytes
@@ -337,7 +353,9 @@ class Connection:
 
         pipeline = self._pipeline
         if pipeline is None:
-            pipeline = self._pipeline = _Pipeline.open(cfg.publishes_in_flight)
+            pipeline = self._pipeline = _Pipeline.open(
+                cfg.publishes_in_flight, cfg.publish_bytes_in_flight
+            )
             assert self._nursery is not None
             self._nursery.start_soon(self._acker, pipeline)
         token = self._conversation.publishing(frame)
@@ -358,10 +376,13 @@ class Connection:
             self._conversation.withdrawn(token)
             raise
         # Pipelined: the next frame is read while the log takes these; `_acker` answers in order.
+        pipeline.size += size
         try:
-            pipeline.in_flight.send_nowait((frame, token, received))
+            pipeline.in_flight.send_nowait((frame, token, received, size))
         except trio.WouldBlock:
-            await pipeline.in_flight.send((frame, token, received))
+            await pipeline.in_flight.send((frame, token, received, size))
+        if pipeline.size > pipeline.max_size:
+            await pipeline.wait_room()
 
     async def _acker(self, pipeline: _Pipeline) -> None:
         timeout = self._bus.config.publish_timeout_seconds
@@ -376,7 +397,7 @@ class Connection:
                     item = await pipeline.in_flight_rx.receive()
                 except trio.EndOfChannel:
                     return
-            frame, token, received = item
+            frame, token, received, size = item
             result: list[Published] | BusError
             try:
                 result = await pipeline.answer_for(token, timeout)
@@ -389,6 +410,7 @@ class Connection:
                 if isinstance(exc, StorageError):
                     ingress.failed(self._bus, self._origin, partial(_raw, frame), exc)
                 result = exc
+            pipeline.answered(size)
             answer = self._conversation.answered(token, result)
             if answer is not None:
                 await self._reply(answer)

@@ -91,7 +91,10 @@ class BusConfig:
 
     router_inbox: int = 1_024  # commands waiting for the router (publishers wait beyond)
     publish_timeout_seconds: float = 5.0  # REST 503 / WS `overloaded` past this
-    publishes_in_flight: int = 64  # per WS connection: publishes sent on before their ack
+    # per WS connection: publishes sent on before their ack, and the bytes of their messages
+    # (so a group commit can take many small publishes, and few large ones pin little)
+    publishes_in_flight: int = 1_024
+    publish_bytes_in_flight: int = 4 * MiB
     max_frames_per_second: float = 2_000.0  # per WS connection; faster clients are read slower
     default_query_limit: int = 100
     max_query_limit: int = 1_000
@@ -111,6 +114,8 @@ class BusConfig:
             "outbox_bytes",
             "reply_queue_frames",
             "router_inbox",
+            "publishes_in_flight",
+            "publish_bytes_in_flight",
             "max_query_limit",
             "default_query_limit",
             "dedupe_max_keys",
