@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ipt_bus.core import codec
 from ipt_bus.core.errors import ErrorCode, ProtocolError
@@ -183,3 +186,21 @@ def test_request_id_of_broken_frames() -> None:
 def test_event_from_json_roundtrip() -> None:
     stored = Event(type="t", topic="a.b", payload={"k": 1}, id="e-1", seq=1)
     assert codec.event_from_bus(codec.loads(codec.encode_event(stored))) == stored
+
+
+@given(
+    source=st.none() | st.text(max_size=5),
+    correlation_id=st.none() | st.text(max_size=5),
+    timestamp=st.none() | st.datetimes(timezones=st.just(UTC)),
+    keyed=st.booleans(),
+)
+def test_a_stored_event_encodes_as_the_stamped_event_would(
+    source: str | None, correlation_id: str | None, timestamp: datetime | None, keyed: bool
+) -> None:
+    """`encode_stored` (what the logs write) is byte for byte `encode_event` of the event with
+    the log's timestamp, id and seq: readers and subscribers cannot tell them apart."""
+    event = Event("t", "a.b", {"n": [1, "x"]}, timestamp, source, correlation_id)
+    now = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=UTC)
+    ident, seq = ("e-7", 7) if keyed else (None, None)
+    stamped = attrs.evolve(event, timestamp=timestamp or now, id=ident, seq=seq)
+    assert codec.encode_stored(event, timestamp or now, ident, seq) == codec.encode_event(stamped)

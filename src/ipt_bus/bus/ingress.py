@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 import attrs
 import trio
@@ -77,8 +77,7 @@ class Origin:
         return None
 
 
-@attrs.frozen
-class Offer:
+class Offer(NamedTuple):
     """One publish as a source hands it in: where it came from, how to decode its events (so an
     error names the source's own field: ``[3].topic``, ``events[3].topic``), and what to keep
     as a dead letter if it is refused. `field` is where the events were (``event``, ``events``,

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, assert_never, final
+from typing import Any, NamedTuple, TypeVar, assert_never, final
 
 import attrs
 import trio
@@ -56,8 +56,7 @@ T = TypeVar("T")
 _log = logging.getLogger("ipt_bus.bus.router")
 
 
-@attrs.frozen
-class Publish:
+class Publish(NamedTuple):
     events: Sequence[Event]
     accepted_at: float
     reply: trio.MemorySendChannel[Answer]

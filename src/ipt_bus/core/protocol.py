@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -41,8 +41,7 @@ if TYPE_CHECKING:
     from ipt_bus.core.model import Event, Published
 
 
-@attrs.frozen
-class Received:
+class Received(NamedTuple):
     """A client's message, read: the action to carry out, and whether the message was too small
     to hold an event over the size limit (then no event in it needs measuring)."""
 
@@ -50,8 +49,7 @@ class Received:
     small: bool
 
 
-@attrs.frozen
-class _Pending:
+class _Pending(NamedTuple):
     token: int
     id: RequestId
     ack: bool

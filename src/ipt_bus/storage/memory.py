@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ipt_bus.core.codec import encode_event
+from ipt_bus.core.codec import encode_stored
 from ipt_bus.core.model import Event, Published
 from ipt_bus.storage.base import (
     Key,
@@ -19,8 +19,8 @@ from ipt_bus.storage.base import (
     Page,
     Query,
     Record,
+    event_id,
     published_range,
-    stamp,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ class MemoryLog:
     dedupe_max_keys: int = 100_000
     dedupe_max_bytes: int = 32 * 1024 * 1024
     _epoch: str = attrs.field(factory=lambda: secrets.token_hex(8))
-    _ring: list[tuple[Record, Event] | None] = attrs.field(init=False)
+    # each record with the event as published and the timestamp it was stored with
+    _ring: list[tuple[Record, Event, datetime] | None] = attrs.field(init=False)
     _last: int = 0
     _bytes: int = 0
     _keys: KeyWindow = attrs.field(init=False)
@@ -75,15 +76,17 @@ class MemoryLog:
         seq = self._last
         ring = self._ring
         capacity = self.capacity
+        epoch = self._epoch
         for event in events:
             seq += 1
-            stored = stamp(event, self._epoch, seq, now)
-            record = Record(seq, stored.id or "", stored.topic, encode_event(stored))
+            ident = event_id(epoch, seq)
+            moment = event.timestamp or now
+            record = Record(seq, ident, event.topic, encode_stored(event, moment, ident, seq))
             old = ring[seq % capacity]
             if old is not None:
                 self._bytes -= len(old[0].data)
             self._bytes += len(record.data)
-            ring[seq % capacity] = (record, stored)
+            ring[seq % capacity] = (record, event, moment)
             out.append(record)
         self._last = seq
         if keys:
@@ -96,7 +99,7 @@ class MemoryLog:
         found = self._keys.get(key, time.time())
         return None if found is None else published_range(self._epoch, *found)
 
-    def _get(self, seq: int) -> tuple[Record, Event]:
+    def _get(self, seq: int) -> tuple[Record, Event, datetime]:
         entry = self._ring[seq % self.capacity]
         assert entry is not None
         return entry
@@ -114,8 +117,8 @@ class MemoryLog:
             # and those are read too if they land before `last`)
             end = min(last, seq + SCAN_EVENTS - 1)
             while seq <= end and len(out) < limit:
-                record, event = self._get(seq)
-                if query.matches(event):
+                record, event, moment = self._get(seq)
+                if query.matches(event, moment):
                     out.append(record)
                 seq += 1
             if seq <= last and len(out) < limit:
@@ -129,8 +132,8 @@ class MemoryLog:
         seq = self._last
         first = self.first_seq
         while seq >= first and len(out) < limit:
-            record, event = self._get(seq)
-            if query.matches(event):
+            record, event, moment = self._get(seq)
+            if query.matches(event, moment):
                 out.append(record)
             seq -= 1
         out.reverse()

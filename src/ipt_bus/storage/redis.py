@@ -35,9 +35,8 @@ import coredis.exceptions
 import orjson
 import trio
 
-from ipt_bus.core.codec import encode_event
+from ipt_bus.core.codec import encode_stored
 from ipt_bus.core.errors import StorageError, StorageOpenError
-from ipt_bus.core.model import Event, Published
 from ipt_bus.storage.base import (
     DeadLetter,
     EpochChanged,
@@ -51,6 +50,8 @@ from ipt_bus.storage.base import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
+
+    from ipt_bus.core.model import Event, Published
 
 log = logging.getLogger("ipt_bus.storage")
 
@@ -199,18 +200,10 @@ def _record(seq: int, topic: str, body: bytes, epoch: str) -> Record:
     return Record(seq, ident, topic, body[:-1] + tail)
 
 
-def _body(event: Event, now: datetime) -> tuple[Event, bytes]:
-    """The event with its timestamp (now when absent), and its JSON without `id` and `seq`."""
-    if event.timestamp is None or event.id is not None or event.seq is not None:
-        event = Event(
-            type=event.type,
-            topic=event.topic,
-            payload=event.payload,
-            timestamp=event.timestamp or now,
-            source=event.source,
-            correlation_id=event.correlation_id,
-        )
-    return event, encode_event(event)
+def _body(event: Event, now: datetime) -> tuple[datetime, bytes]:
+    """The event's timestamp (now when absent), and its JSON without `id` and `seq`."""
+    moment = event.timestamp or now
+    return moment, encode_stored(event, moment)
 
 
 Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
@@ -445,14 +438,13 @@ class RedisLog:
         ]
         bodies = []
         for event in events:
-            stamped, body = _body(event, now)
-            assert stamped.timestamp is not None
-            bodies.append((stamped.topic, body))
+            moment, body = _body(event, now)
+            bodies.append((event.topic, body))
             args += [
-                stamped.topic,
-                stamped.type,
-                stamped.correlation_id or "",
-                repr(stamped.timestamp.timestamp()),
+                event.topic,
+                event.type,
+                event.correlation_id or "",
+                repr(moment.timestamp()),
                 body,
             ]
         for k in keys:

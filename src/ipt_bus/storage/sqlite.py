@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 
-from ipt_bus.core.codec import encode_event
+from ipt_bus.core.codec import encode_stored
 from ipt_bus.core.errors import StorageError, StorageFull, StorageOpenError
 from ipt_bus.core.topics import matches_any
 from ipt_bus.storage.base import (
@@ -45,7 +45,6 @@ from ipt_bus.storage.base import (
     Record,
     event_id,
     published_range,
-    stamp,
 )
 from ipt_bus.storage.seqfile import RESERVE_SEQS, SEQ_FILE, SeqRecord
 from ipt_bus.storage.worker import Worker
@@ -257,10 +256,11 @@ class SqliteLog:
         added_bytes = 0
         for event in events:
             seq += 1
-            stored = stamp(event, epoch, seq, now_dt)
-            raw = encode_event(stored)
-            records.append(Record(seq, stored.id or "", event.topic, raw))
-            ts = (event.timestamp or now_dt).timestamp()
+            ident = event_id(epoch, seq)
+            moment = event.timestamp or now_dt
+            raw = encode_stored(event, moment, ident, seq)
+            records.append(Record(seq, ident, event.topic, raw))
+            ts = moment.timestamp()
             cid = event.correlation_id
             rows.append((seq, event.topic, event.type, ts, now, cid, len(raw), raw))
             added_bytes += len(raw)
