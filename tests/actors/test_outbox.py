@@ -5,6 +5,7 @@ import trio
 import trio.testing
 
 from ipt_bus.bus.outbox import MAX_MISSED_RANGES, Missed, Outbox, Taken
+from ipt_bus.storage.base import Record
 
 
 def make(max_events: int = 3, max_bytes: int = 1_000, max_replies: int = 2) -> Outbox:
@@ -203,3 +204,39 @@ async def test_two_replies_waiting_for_room_both_get_through(nursery: trio.Nurse
     sent += box.take_replies()
     assert sorted(sent) == [b"a", b"b", b"first"]
     assert sorted(done) == [b"a", b"b"]
+
+
+def records(seqs: range) -> list[Record]:
+    return [Record(s, f"e-{s}", "t", f'{{"seq":{s}}}'.encode()) for s in seqs]
+
+
+def offer_many(box: Outbox, run: list[Record]) -> int:
+    datas = [r.data for r in run]
+    return box.offer_many(run, datas, sum(map(len, datas)), 0.0)
+
+
+async def test_a_run_that_fits_is_queued_whole_and_counted() -> None:
+    box = make(max_events=5)
+    box.start(["**"], 0)
+    assert offer_many(box, records(range(1, 4))) == 0
+    assert offer_many(box, records(range(4, 6))) == 0
+    assert (box.offered, box.deferred, box.lag) == (5, 0, 5)
+    assert [f["seq"] for f in frames((await box.take()).events)] == [1, 2, 3, 4, 5]
+
+
+async def test_a_run_that_does_not_fit_queues_what_fits_and_leaves_the_rest_to_the_log() -> None:
+    """As offering its events one by one: nothing past the bound is queued, nothing is lost."""
+    box = make(max_events=3)
+    box.start(["**"], 0)
+    assert offer_many(box, records(range(1, 6))) == 0
+    assert (box.offered, box.deferred, box.catch_ups) == (5, 2, 1)
+    taken = await box.take()
+    assert [f["seq"] for f in frames(taken.events)] == [1, 2, 3]
+    assert taken.missed == [Missed(3, 5, ("**",))]
+
+
+async def test_a_run_offered_to_a_closed_outbox_counts_each_event_dropped() -> None:
+    box = make(max_events=10)
+    box.close(1001)
+    assert offer_many(box, records(range(1, 5))) == 4
+    assert box.dropped == 4

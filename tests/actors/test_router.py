@@ -369,3 +369,18 @@ async def test_a_shared_logs_tail_fans_out_and_a_trimmed_stretch_becomes_a_misse
     assert [(m.after, m.upto) for m in taken.missed] == [(1, 5)]  # read from the log instead
     router.close()
     stats.close()
+
+
+async def test_events_fanned_out_in_runs_keep_their_order_per_subscriber(actors: Actors) -> None:
+    """Topics with the same subscribers share one target tuple, so a publish's consecutive
+    events on them go to each outbox as one run; a topic with other subscribers ends the run."""
+    router, _, _ = actors
+    both, only_a = box(), box()
+    await router.attach(both, ["a", "b", "c"])
+    await router.attach(only_a, ["a", "b"])
+    topics = ["a", "b", "a", "c", "c", "b", "a"]
+    await router.publish([ev(t) for t in topics[:4]], timeout=5)
+    await router.publish([ev(t) for t in topics[4:]], timeout=5)
+    assert await seqs(both) == [1, 2, 3, 4, 5, 6, 7]
+    assert await seqs(only_a) == [1, 2, 3, 6, 7]
+    assert (both.offered, only_a.offered) == (7, 5)

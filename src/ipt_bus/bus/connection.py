@@ -544,6 +544,8 @@ class Connection:
         if not self._conversation.batch or len(frames) == 1:
             return frames
         limit = self._bus.config.batch_frame_bytes
+        if sum(map(len, frames)) + len(frames) <= limit:
+            return [b"\n".join(frames)]  # the common case, in C: no loop per frame
         messages: list[bytes] = []
         chunk: list[bytes] = []
         size = 0

@@ -31,7 +31,9 @@ import trio
 from ipt_bus.core.errors import CloseCode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable  # noqa: TC004 (annotations attrs never evaluates)
+    from collections.abc import Callable, Iterable, Sequence  # noqa: TC004 (annotations attrs never evaluates)
+
+    from ipt_bus.storage.base import Record
 
 log = logging.getLogger("ipt_bus.bus.outbox")
 MAX_MISSED_RANGES: Final = 8  # subscription changes while behind, before ranges are merged
@@ -148,6 +150,28 @@ class Outbox:
                 self._head = seq
                 return True
         return self._defer(seq)
+
+    def offer_many(
+        self, records: Sequence[Record], datas: list[bytes], size: int, accepted_at: float
+    ) -> int:
+        """`offer` for consecutive events at once (`datas` their bytes, `size` their sum): one
+        step when the queue takes them all, else one at a time. Returns how many were dropped
+        (the outbox is closed)."""
+        events = self._events
+        if (
+            not self._missed
+            and self.closed_code is None
+            and len(events) + len(datas) <= self.max_events
+            and self._bytes + size <= self.max_bytes
+        ):
+            if not events:
+                self._oldest = accepted_at
+            events.extend(datas)
+            self._bytes += size
+            self._head = records[-1].seq
+            self.offered += len(datas)
+            return 0
+        return sum(not self.offer(r.data, r.seq, accepted_at) for r in records)
 
     def _defer(self, seq: int) -> bool:
         if self.closed_code is not None:

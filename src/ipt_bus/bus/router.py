@@ -122,6 +122,16 @@ class Restart:
 
 RouterCommand = Publish | Attach | Subscribe | Detach | CloseAll | Deliver | Restart
 
+
+@attrs.define
+class _Run:
+    """Consecutive events of one fan-out with the same targets, and when the first was accepted."""
+
+    targets: tuple[Outbox, ...] | None = None
+    records: list[Record] = attrs.field(factory=list)
+    accepted_at: float = 0.0
+
+
 MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
 FAN_OUT_ROUND_EVENTS = 256  # most events fanned out before writers are woken (< outbox_events)
 QUIET_ROUNDS = 2  # scheduler rounds with no new publish that end a fan-out round
@@ -142,6 +152,7 @@ class Router:
     _outboxes: dict[ConnId, Outbox] = attrs.field(factory=dict)
     _peers: dict[ConnId, Peer] = attrs.field(factory=dict)
     _targets: dict[str, tuple[Outbox, ...]] = attrs.field(factory=dict)
+    _shared_targets: dict[tuple[int, ...], tuple[Outbox, ...]] = attrs.field(factory=dict)
     _changed: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) per (de)attach
     _closing: int | None = None  # CloseAll code: connections attaching now are closed at once
     # the target tuples offered events since writers were last woken (by id), and how many events
@@ -311,12 +322,14 @@ class Router:
     def _fan_out(self, records: list[Record], batch: list[Publish]) -> None:
         """Offer what was just appended (a log of this node), each publish with its time."""
         per_topic: Counter[str] = Counter()
+        run = _Run()
         dropped = 0
         start = 0
         for p in batch:
             end = start + len(p.events)
-            dropped += self._offer(records, start, end, p.accepted_at, per_topic)
+            dropped += self._offer(records, start, end, p.accepted_at, per_topic, run)
             start = end
+        dropped += self._offer_run(run)
         self._fanned_out(len(records), per_topic, dropped)
 
     def _deliver(self, records: list[Record]) -> None:
@@ -332,7 +345,9 @@ class Router:
             for outbox in self._outboxes.values():
                 outbox.skipped(records[0].seq - 1)
         per_topic: Counter[str] = Counter()
-        dropped = self._offer(records, 0, len(records), trio.current_time(), per_topic)
+        run = _Run()
+        dropped = self._offer(records, 0, len(records), trio.current_time(), per_topic, run)
+        dropped += self._offer_run(run)
         self._delivered = records[-1].seq
         self._fanned_out(len(records), per_topic, dropped)
 
@@ -343,24 +358,51 @@ class Router:
         end: int,
         accepted_at: float,
         per_topic: Counter[str],
+        run: _Run,
     ) -> int:
-        """Offer `records[start:end]` to their targets (counted in `per_topic`); returns how
-        many offers found their outbox closed."""
+        """Gather `records[start:end]` (counted in `per_topic`) into runs of consecutive events
+        with the same targets, offering each run as it ends; returns how many offers found their
+        outbox closed. The caller offers the last run (`_offer_run`): a run goes on across the
+        publishes of one append."""
         dropped = 0
         unwoken = self._unwoken
+        cached = self._targets
         for index in range(start, end):
             record = records[index]
             topic = record.topic
             per_topic[topic] += 1
-            targets = self._targets.get(topic)  # inline: the common case, no call
+            targets = cached.get(topic)  # inline: the common case, no call
             if targets is None:
                 targets = self._targets_of(topic)
+            if targets is run.targets:
+                run.records.append(record)
+                continue
+            dropped += self._offer_run(run)
+            run.targets = targets
+            run.records = [record]
+            run.accepted_at = accepted_at
             unwoken[id(targets)] = targets
-            data = record.data
-            seq = record.seq
-            for outbox in targets:
-                if not outbox.offer(data, seq, accepted_at):
+        return dropped
+
+    @staticmethod
+    def _offer_run(run: _Run) -> int:
+        """Offer a run to each of its targets: the queue takes the whole run in one step (the
+        per-event work is per run, not per subscriber and event)."""
+        records = run.records
+        if not records or not run.targets:
+            return 0
+        dropped = 0
+        if len(records) == 1:
+            record = records[0]
+            data, seq = record.data, record.seq
+            for outbox in run.targets:
+                if not outbox.offer(data, seq, run.accepted_at):
                     dropped += 1
+            return dropped
+        datas = [r.data for r in records]
+        size = sum(map(len, datas))
+        for outbox in run.targets:
+            dropped += outbox.offer_many(records, datas, size, run.accepted_at)
         return dropped
 
     def _fanned_out(self, count: int, per_topic: Counter[str], dropped: int) -> None:
@@ -372,11 +414,17 @@ class Router:
     def _targets_of(self, topic: str) -> tuple[Outbox, ...]:
         targets = self._targets.get(topic)
         if targets is None:
-            targets = tuple(self._outboxes[c] for c in self._index.lookup(topic))
+            found = tuple(self._outboxes[c] for c in sorted(self._index.lookup(topic)))
             if len(self._targets) >= self._route_cache_topics:
-                self._targets.clear()  # rebuilt lazily, as after any (un)subscribe
+                self._routes_changed()  # rebuilt lazily, as after any (un)subscribe
+            # topics with the same subscribers share one tuple, so their events form one run
+            targets = self._shared_targets.setdefault(tuple(map(id, found)), found)
             self._targets[topic] = targets
         return targets
+
+    def _routes_changed(self) -> None:
+        self._targets.clear()
+        self._shared_targets.clear()
 
     def _on_attach(self, command: Attach) -> None:
         if len(self._outboxes) >= self._max_connections:
@@ -436,7 +484,7 @@ class Router:
             )
         for pattern in new:
             self._index.add(conn_id, pattern)
-        self._targets.clear()
+        self._routes_changed()
 
     def _on_subscribe(self, command: Subscribe) -> None:
         if command.conn_id not in self._outboxes:
@@ -451,7 +499,7 @@ class Router:
         else:
             for pattern in command.patterns:
                 self._index.remove(command.conn_id, pattern)
-            self._targets.clear()
+            self._routes_changed()
         held = self._index.patterns(command.conn_id)
         self._outboxes[command.conn_id].resubscribed(held, self._live)
         peer = self._peers[command.conn_id]
@@ -467,7 +515,7 @@ class Router:
                 if not self._per_identity[peer.identity]:
                     del self._per_identity[peer.identity]
             self._index.remove_key(command.conn_id)
-            self._targets.clear()
+            self._routes_changed()
             self._count_changed()
 
     def _count_changed(self) -> None:

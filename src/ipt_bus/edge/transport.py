@@ -385,19 +385,37 @@ class DirectSender:
         return Written.PART
 
 
+class _Headers(dict[int, bytes]):
+    """Frame headers by payload length, made once each (events of one kind have few lengths)."""
+
+    def __missing__(self, n: int) -> bytes:
+        if n < 126:
+            header = bytes((0x81, n))
+        elif n < 65536:
+            header = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            header = b"\x81\x7f" + n.to_bytes(8, "big")
+        if len(self) < MAX_CACHED_HEADERS:
+            self[n] = header
+        return header
+
+
+MAX_CACHED_HEADERS: Final = 65_536  # ~4 MiB at most; lengths past it are framed each time
+_HEADERS: Final = _Headers()
+
+
 def text_frames(texts: list[bytes]) -> bytes:
     """Unmasked, unfragmented text frames (RFC 6455 §5.2), as wsproto writes them, of texts
-    already encoded: the bytes each event was encoded to once go to the socket as they are."""
-    parts: list[bytes] = []
-    for data in texts:
-        n = len(data)
-        if n < 126:
-            parts.append(bytes((0x81, n)))
-        elif n < 65536:
-            parts.append(b"\x81\x7e" + n.to_bytes(2, "big"))
-        else:
-            parts.append(b"\x81\x7f" + n.to_bytes(8, "big"))
-        parts.append(data)
+    already encoded: the bytes each event was encoded to once go to the socket as they are.
+
+    Built with C-level passes (a header per length from a cache, interleaved by slice
+    assignment, one join): framing a round for each of 1,000 subscribers was a quarter of the
+    fan-out's time with a Python loop per frame."""
+    if len(texts) == 1:
+        return _HEADERS[len(texts[0])] + texts[0]
+    parts: list[bytes] = [b""] * (2 * len(texts))
+    parts[0::2] = map(_HEADERS.__getitem__, map(len, texts))
+    parts[1::2] = texts
     return b"".join(parts)
 
 
