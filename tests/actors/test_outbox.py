@@ -212,7 +212,7 @@ def records(seqs: range) -> list[Record]:
 
 def offer_many(box: Outbox, run: list[Record]) -> int:
     datas = [r.data for r in run]
-    return box.offer_many(run, datas, sum(map(len, datas)), 0.0)
+    return box.offer_many(datas, [r.seq for r in run], sum(map(len, datas)), 0.0)
 
 
 async def test_a_run_that_fits_is_queued_whole_and_counted() -> None:

@@ -5,8 +5,9 @@
 // result at the end. Like the Python generator before it, it speaks just enough RFC 6455 over
 // plain TCP sockets (zero mask key) and scans what arrives instead of parsing it: a delivery is
 // one `_event"` in the byte stream (so a batched message counts each event it holds); latency
-// comes from the `"t":` publish time (µs of performance.now) the publisher put in each event. Node's native byte search does this several
-// times faster than Python could, so the server saturates first.
+// comes from the `"t":` publish time (µs of performance.now) the publisher put in each event.
+// Node's native byte search does this several times faster than Python could, so the server
+// saturates first.
 //
 // spec: {sub_url (or a list: subscribers take them in turn, e.g. one per node), pub_url,
 //        subscribers, seconds, warmup, grace, rate (events/s; 0 = as fast as
@@ -78,7 +79,8 @@ function open(url, onData) {
         resolve(sock);
       }
       onData(chunk, tail);
-      tail = chunk.length >= TAIL ? chunk.subarray(chunk.length - TAIL) : Buffer.concat([tail, chunk]).subarray(-TAIL);
+      // a copy: a view would keep each socket's last 64 KiB chunk alive
+      tail = Buffer.from(chunk.length >= TAIL ? chunk.subarray(chunk.length - TAIL) : Buffer.concat([tail, chunk]).subarray(-TAIL));
     });
   });
 }

@@ -33,8 +33,6 @@ from ipt_bus.core.errors import CloseCode
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence  # noqa: TC004 (annotations attrs never evaluates)
 
-    from ipt_bus.storage.base import Record
-
 log = logging.getLogger("ipt_bus.bus.outbox")
 MAX_MISSED_RANGES: Final = 8  # subscription changes while behind, before ranges are merged
 
@@ -132,46 +130,46 @@ class Outbox:
         self._head = upto
 
     def offer(self, data: bytes, seq: int, accepted_at: float) -> bool:
-        """Queue one encoded event, or leave it to the log when the queue is full (or behind).
-
-        Does not wake the writer: the router calls `flush` once per fan-out round, so a writer
-        takes many events per wake-up under load. Returns False only when the
-        outbox is closed (the event is dropped for it).
-        """
-        self.offered += 1
-        if not self._missed and self.closed_code is None:
-            size = len(data)
-            events = self._events
-            if len(events) < self.max_events and self._bytes + size <= self.max_bytes:
-                if not events:
-                    self._oldest = accepted_at
-                events.append(data)
-                self._bytes += size
-                self._head = seq
-                return True
-        return self._defer(seq)
+        """Queue one encoded event (`offer_many` of one). Returns False only when the outbox is
+        closed (the event is dropped for it)."""
+        return not self.offer_many([data], (seq,), len(data), accepted_at)
 
     def offer_many(
-        self, records: Sequence[Record], datas: list[bytes], size: int, accepted_at: float
+        self, datas: list[bytes], seqs: Sequence[int], size: int, accepted_at: float
     ) -> int:
-        """`offer` for consecutive events at once (`datas` their bytes, `size` their sum): one
-        step when the queue takes them all, else one at a time. Returns how many were dropped
-        (the outbox is closed)."""
-        events = self._events
-        if (
-            not self._missed
-            and self.closed_code is None
-            and len(events) + len(datas) <= self.max_events
-            and self._bytes + size <= self.max_bytes
-        ):
-            if not events:
-                self._oldest = accepted_at
-            events.extend(datas)
-            self._bytes += size
-            self._head = records[-1].seq
-            self.offered += len(datas)
-            return 0
-        return sum(not self.offer(r.data, r.seq, accepted_at) for r in records)
+        """Queue consecutive encoded events (`seqs` theirs, `size` their bytes' sum) as far as
+        the queue has room (events *and* bytes); from the first that does not fit, or when the
+        outbox is behind, they are left to the log (none may overtake another). Returns how
+        many were dropped (the outbox is closed).
+
+        Does not wake the writer: the router calls `flush` once per fan-out round, so a writer
+        takes many events per wake-up under load. The router offers a run of events with the
+        same subscribers in one call: per subscriber the work is one list extend, not per event.
+        """
+        count = len(datas)
+        self.offered += count
+        fit = 0
+        if not self._missed and self.closed_code is None:
+            events = self._events
+            room = self.max_events - len(events)
+            if count <= room and self._bytes + size <= self.max_bytes:
+                fit = count  # the common case: the whole run
+            else:  # what fits of it (a subscriber falling behind)
+                size = 0
+                for data in datas[:room]:
+                    if self._bytes + size + len(data) > self.max_bytes:
+                        break
+                    size += len(data)
+                    fit += 1
+            if fit:
+                if not events:
+                    self._oldest = accepted_at
+                events.extend(datas if fit == count else datas[:fit])
+                self._bytes += size
+                self._head = seqs[fit - 1]
+                if fit == count:
+                    return 0
+        return sum(not self._defer(seq) for seq in seqs[fit:])
 
     def _defer(self, seq: int) -> bool:
         if self.closed_code is not None:

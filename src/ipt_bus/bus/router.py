@@ -386,23 +386,16 @@ class Router:
 
     @staticmethod
     def _offer_run(run: _Run) -> int:
-        """Offer a run to each of its targets: the queue takes the whole run in one step (the
-        per-event work is per run, not per subscriber and event)."""
+        """Offer a run to each of its targets in one call each; returns how many were dropped."""
         records = run.records
         if not records or not run.targets:
             return 0
-        dropped = 0
-        if len(records) == 1:
-            record = records[0]
-            data, seq = record.data, record.seq
-            for outbox in run.targets:
-                if not outbox.offer(data, seq, run.accepted_at):
-                    dropped += 1
-            return dropped
         datas = [r.data for r in records]
+        seqs = [r.seq for r in records]
         size = sum(map(len, datas))
+        dropped = 0
         for outbox in run.targets:
-            dropped += outbox.offer_many(records, datas, size, run.accepted_at)
+            dropped += outbox.offer_many(datas, seqs, size, run.accepted_at)
         return dropped
 
     def _fanned_out(self, count: int, per_topic: Counter[str], dropped: int) -> None:
