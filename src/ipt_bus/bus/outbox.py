@@ -1,6 +1,6 @@
 """A connection's outbox: the one place the router hands events to a subscriber.
 
-Two lanes. Events are offered by the router with `offer` (never waits) and queued, bounded in
+Two lanes. Events are offered by the router with `offer_many` (never waits) and queued, bounded in
 events and in bytes. When the queue is full, the outbox stops taking live events: it only notes
 that the events after the last queued one, up to the newest offered, are *missed* — they are in
 the log, so nothing is lost — and the writer reads that range from the log after sending the

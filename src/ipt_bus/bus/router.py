@@ -5,8 +5,10 @@ commands waiting in the inbox are drained and handed to the log as one `append` 
 for durable logs); only once the log has them are they acknowledged and fanned out, so no
 subscriber ever sees a `seq` that could vanish. Fan-out is sync: each event was encoded once by
 the log, its topic is looked up in a per-topic cache of target outboxes (rebuilt lazily after any
-subscription change), and each target gets `Outbox.offer`, which never waits: a full outbox
-leaves the event in the log for its connection to read when it catches up. The router never
+subscription change; topics with the same subscribers share one target tuple), consecutive
+events with the same targets form a run, and each target gets the run through
+`Outbox.offer_many`, which never waits: a full outbox leaves the events in the log for its
+connection to read when it catches up. The router never
 awaits a subscriber; only the log append awaits.
 
 Writers are woken in rounds, not per event, so a writer takes everything queued since its last
