@@ -78,9 +78,9 @@ class Outbox:
     _stalled_since: float | None = None  # events deferred, and no write got through since
     closed_code: int | None = None
     on_close: Callable[[], object] | None = None  # called once, when the outbox closes
-    # writes live events for a parked writer (events, oldest accepted_at, newest seq) if the
-    # socket takes them at once; False leaves them to the writer. Set by the connection.
-    direct: Callable[[list[bytes], float, int], bool] | None = None
+    # writes live events for a parked writer (events, oldest accepted_at) if the socket takes
+    # them at once; False leaves them to the writer. Set by the connection.
+    direct: Callable[[list[bytes], float], bool] | None = None
     offered: int = 0  # matching events the router handed over
     deferred: int = 0  # of those, left in the log for the writer because the queue was full
     dropped: int = 0  # of those, offered after the outbox closed
@@ -196,13 +196,14 @@ class Outbox:
         events = self._events
         if events and self.direct is not None and not self._replies and not self._missed:
             try:
-                done = self.closed_code is None and self.direct(events, self._oldest, self._head)
+                done = self.closed_code is None and self.direct(events, self._oldest)
             except Exception:  # the writer meets the same trouble in its own task
                 log.exception("writing from the fan-out failed; leaving it to the writer")
                 done = False
             if done:
                 self._events = []
                 self._bytes = 0
+                self.wrote(self._head, len(events))
                 return
         self.wake()
 

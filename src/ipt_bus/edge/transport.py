@@ -57,7 +57,7 @@ import time
 import weakref
 from importlib.metadata import version
 from io import BytesIO, StringIO
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -78,6 +78,9 @@ from wsproto.frame_protocol import CloseReason
 
 from ipt_bus.bus.connection import Disconnected, Written
 
+if TYPE_CHECKING:
+    from collections.abc import Callable  # noqa: TC004 (annotations attrs never evaluates)
+
 log = logging.getLogger("ipt_bus.hypercorn")
 CHECKED_VERSIONS: Final = ("0.17", "0.18")
 WRITE_DEADLINE_ATTR: Final = "ipt_bus_write_deadline_seconds"
@@ -93,6 +96,13 @@ _original_handle: Any = WSStream.handle
 _original_app_send: Any = WSStream.app_send
 _original_handle_events: Any = WSStream._handle_events
 _message_deadline_seconds = DEFAULT_MESSAGE_DEADLINE_SECONDS
+# enum members looked up once: through the enum class each lookup costs ~90 ns, and the
+# fan-out makes several per delivery
+_CONNECTED: Final = ASGIWebsocketState.CONNECTED
+_OPEN: Final = ConnectionState.OPEN
+_WROTE_NONE: Final = Written.NONE
+_WROTE_ALL: Final = Written.ALL
+_WROTE_PART: Final = Written.PART
 
 
 async def _protocol_send(self: TCPServer, event: Any) -> None:
@@ -328,11 +338,7 @@ def _plain_socket(server: TCPServer | None) -> trio.SocketStream | None:
 
 def _open(stream: WSStream) -> bool:
     """Whether the WebSocket still takes messages (hypercorn drops them once it is closing)."""
-    return (
-        not stream.closed
-        and stream.state == ASGIWebsocketState.CONNECTED
-        and stream.connection.state == ConnectionState.OPEN
-    )
+    return not stream.closed and stream.state is _CONNECTED and stream.connection.state is _OPEN
 
 
 @attrs.frozen
@@ -341,6 +347,7 @@ class DirectSender:
 
     _stream: WSStream
     _server: TCPServer
+    _socket: trio.SocketStream | None  # the server's stream where it is a plain socket (not TLS)
 
     @classmethod
     def find(cls, send: Any) -> DirectSender | None:
@@ -349,7 +356,7 @@ class DirectSender:
         if not isinstance(stream, WSStream):
             return None
         server = _tcp_server(stream)
-        return None if server is None else cls(stream, server)
+        return None if server is None else cls(stream, server, _plain_socket(server))
 
     async def send(self, texts: list[bytes]) -> None:
         """Each (UTF-8) text as its own message, all in one write; dropped once the socket is
@@ -364,25 +371,25 @@ class DirectSender:
         owed, and the next `send` writes it first), or not at all (the socket is busy, full,
         or TLS: `send` must do it)."""
         if not _open(self._stream):
-            return Written.ALL  # dropped, as `send` drops it
+            return _WROTE_ALL  # dropped, as `send` drops it
         server = self._server
-        socket_stream = _plain_socket(server)
+        socket_stream = self._socket
         if (
             socket_stream is None  # TLS sees every byte: `send`
             or server.send_lock.locked()
             or getattr(server, OWED_ATTR, None) is not None
         ):
-            return Written.NONE  # a write is under way, or bytes are owed: they go first
+            return _WROTE_NONE  # a write is under way, or bytes are owed: they go first
         # No await from here on, so no other task can write meanwhile: the lock is free and
         # stays free without being taken (taking and releasing it cost ~1 µs per delivery).
         data = text_frames(texts)
         sent = _write_now(socket_stream, data)
         if sent == len(data):
-            return Written.ALL
+            return _WROTE_ALL
         if sent == 0:
-            return Written.NONE
+            return _WROTE_NONE
         setattr(server, OWED_ATTR, data[sent:])
-        return Written.PART
+        return _WROTE_PART
 
 
 class _Headers(dict[int, bytes]):
@@ -568,6 +575,10 @@ def is_installed() -> bool:
     )
 
 
+def _not_now(texts: list[bytes]) -> Written:
+    return _WROTE_NONE
+
+
 @attrs.define
 class AsgiWebSocket:
     """`WebSocketLike` over an ASGI websocket connection; writes go through `DirectSender` where
@@ -576,11 +587,14 @@ class AsgiWebSocket:
     _receive: Any
     _send: Any
     _direct: DirectSender | None = attrs.field(init=False)
+    # `WebSocketLike.send_now`: the direct sender's own (one call less per delivery), or never
+    send_now: Callable[[list[bytes]], Written] = attrs.field(init=False)
     _waiting: Any = attrs.field(init=False)  # hypercorn's queue: `receive_nowait`, or None
     _more: list[str] | None = None  # the rest of a read's texts (`MANY_KEY`), last first
 
     def __attrs_post_init__(self) -> None:
         self._direct = DirectSender.find(self._send)
+        self.send_now = _not_now if self._direct is None else self._direct.send_now
         channel = getattr(self._receive, "__self__", None)
         self._waiting = channel if isinstance(channel, trio.MemoryReceiveChannel) else None
         stream = getattr(self._send, "__self__", None)
@@ -614,9 +628,6 @@ class AsgiWebSocket:
 
     async def send(self, text: bytes) -> None:
         await self.send_many([text])
-
-    def send_now(self, texts: list[bytes]) -> Written:
-        return Written.NONE if self._direct is None else self._direct.send_now(texts)
 
     async def send_many(self, texts: list[bytes]) -> None:
         if self._direct is not None:
