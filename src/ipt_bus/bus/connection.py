@@ -89,8 +89,11 @@ class Written(enum.Enum):
     PART = "part"  # begun: the next `send_many` (even of nothing) writes the rest first
 
 
-_WROTE_NONE: Final = Written.NONE  # looked up once: ~90 ns each through the enum class
-_WROTE_PART: Final = Written.PART
+# looked up once, for the fan-out's per-delivery path (through the enum class a lookup costs
+# ~90 ns): the connection and the direct sender use these
+WROTE_NONE: Final = Written.NONE
+WROTE_ALL: Final = Written.ALL
+WROTE_PART: Final = Written.PART
 
 
 class WebSocketLike(Protocol):
@@ -508,12 +511,10 @@ class Connection:
     def _deliver_now(self, events: list[bytes], oldest: float) -> bool:
         """Write live events from the router's fan-out, when the writer is parked and the
         socket takes them at once: no task switch per delivery. False: the writer must."""
-        written = self._ws.send_now(
-            events if len(events) == 1 else self._messages(events)  # a call less, mostly
-        )
-        if written is _WROTE_NONE:
+        written = self._ws.send_now(self._messages(events))
+        if written is WROTE_NONE:
             return False
-        if written is _WROTE_PART:
+        if written is WROTE_PART:
             assert self._nursery is not None
             self._nursery.start_soon(self._finish_write)
         self._count_deliveries(len(events), oldest)

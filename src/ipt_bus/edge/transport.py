@@ -76,7 +76,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from ipt_bus.bus.connection import Disconnected, Written
+from ipt_bus.bus.connection import WROTE_ALL, WROTE_NONE, WROTE_PART, Disconnected, Written
 
 if TYPE_CHECKING:
     from collections.abc import Callable  # noqa: TC004 (annotations attrs never evaluates)
@@ -96,13 +96,9 @@ _original_handle: Any = WSStream.handle
 _original_app_send: Any = WSStream.app_send
 _original_handle_events: Any = WSStream._handle_events
 _message_deadline_seconds = DEFAULT_MESSAGE_DEADLINE_SECONDS
-# enum members looked up once: through the enum class each lookup costs ~90 ns, and the
-# fan-out makes several per delivery
+# looked up once, as `WROTE_*`: `_open` runs once per delivery
 _CONNECTED: Final = ASGIWebsocketState.CONNECTED
 _OPEN: Final = ConnectionState.OPEN
-_WROTE_NONE: Final = Written.NONE
-_WROTE_ALL: Final = Written.ALL
-_WROTE_PART: Final = Written.PART
 
 
 async def _protocol_send(self: TCPServer, event: Any) -> None:
@@ -371,7 +367,7 @@ class DirectSender:
         owed, and the next `send` writes it first), or not at all (the socket is busy, full,
         or TLS: `send` must do it)."""
         if not _open(self._stream):
-            return _WROTE_ALL  # dropped, as `send` drops it
+            return WROTE_ALL  # dropped, as `send` drops it
         server = self._server
         socket_stream = self._socket
         if (
@@ -379,17 +375,17 @@ class DirectSender:
             or server.send_lock.locked()
             or getattr(server, OWED_ATTR, None) is not None
         ):
-            return _WROTE_NONE  # a write is under way, or bytes are owed: they go first
+            return WROTE_NONE  # a write is under way, or bytes are owed: they go first
         # No await from here on, so no other task can write meanwhile: the lock is free and
         # stays free without being taken (taking and releasing it cost ~1 µs per delivery).
         data = text_frames(texts)
         sent = _write_now(socket_stream, data)
         if sent == len(data):
-            return _WROTE_ALL
+            return WROTE_ALL
         if sent == 0:
-            return _WROTE_NONE
+            return WROTE_NONE
         setattr(server, OWED_ATTR, data[sent:])
-        return _WROTE_PART
+        return WROTE_PART
 
 
 class _Headers(dict[int, bytes]):
@@ -576,7 +572,7 @@ def is_installed() -> bool:
 
 
 def _not_now(texts: list[bytes]) -> Written:
-    return _WROTE_NONE
+    return WROTE_NONE
 
 
 @attrs.define
