@@ -172,6 +172,59 @@ async def test_publishers_wait_when_the_router_is_saturated(
         stats.close()
 
 
+async def test_a_publish_on_its_way_during_a_round_joins_the_append_that_follows() -> None:
+    """With a log whose appends wait, a publish that reaches the inbox a scheduler round after
+    the round's writes (as a frame read from a socket meanwhile does) goes into the next append
+    with those already waiting, not into one of its own a whole round later."""
+    gate = trio.Event()  # holds the first append until the second publish waits behind it
+    appends: list[int] = []
+
+    class WaitingLog(MemoryLog):
+        @property
+        def append_waits(self) -> bool:
+            return True
+
+        async def append(self, events, keys=()):  # type: ignore[no-untyped-def]
+            appends.append(len(events))
+            if len(appends) == 1:
+                await gate.wait()
+            await trio.lowlevel.checkpoint()
+            return self.append_nowait(events, keys)
+
+    written = trio.Event()
+
+    def direct(events: list[bytes], oldest: float) -> bool:
+        written.set()
+        return True
+
+    async with trio.open_nursery() as nursery:
+        stats = await start_stats(nursery, 100)
+        router = await start_router(
+            nursery, WaitingLog(100), stats, inbox_size=16, max_subscriptions=3
+        )
+        outbox = box()
+        outbox.direct = direct
+        await router.attach(outbox, ["**"])
+        nursery.start_soon(_writer, outbox, [], [])  # parked: the round writes directly
+        send, receive = trio.open_memory_channel[Answer](8)
+        await router.submit([ev("x", 0)], reply=send, timeout=5, token=0)
+        await trio.testing.wait_all_tasks_blocked()  # the first append waits
+        await router.submit([ev("x", 1)], reply=send, timeout=5, token=1)
+
+        async def on_its_way() -> None:
+            await written.wait()  # ready during the round
+            await trio.lowlevel.checkpoint()  # and one hop more, as from socket to inbox
+            await router.submit([ev("x", 2)], reply=send, timeout=5, token=2)
+
+        nursery.start_soon(on_its_way)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        for token in range(3):
+            assert (await receive.receive())[0] == token
+        assert appends == [1, 2]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_key_repeated_in_one_batch_is_logged_once_and_answered_alike(
     actors: Actors,
 ) -> None:

@@ -187,12 +187,13 @@ class Outbox:
             self.close(CloseCode.SLOW_CONSUMER)
         return True
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Hand over what was offered: written right here when the writer is parked with only
-        live events queued and the socket takes them at once (`direct`), else by waking the
-        writer. Called by the router once per fan-out round."""
+        live events queued and the socket takes them at once (`direct`). False: the writer
+        must take them, and the caller `wake`s it (it may first let others run). Called by the
+        router once per fan-out round."""
         if self._waiter is None:
-            return  # busy: it takes them when it is done
+            return True  # busy: it takes them when it is done
         events = self._events
         if events and self.direct is not None and not self._replies and not self._missed:
             try:
@@ -204,8 +205,8 @@ class Outbox:
                 self._events = []
                 self._bytes = 0
                 self.wrote(self._head, len(events))
-                return
-        self.wake()
+                return True
+        return False
 
     def wake(self) -> None:
         """Let the writer take what was offered (a no-op when it is not parked)."""

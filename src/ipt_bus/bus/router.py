@@ -13,11 +13,14 @@ awaits a subscriber; only the log append awaits.
 
 Writers are woken in rounds, not per event, so a writer takes everything queued since its last
 wake-up in one write whatever the log's speed. With a log whose appends wait (SQLite), a round
-is one append: publishes gather while it commits. A memory log never makes the router wait, so
-the router ends a round itself: it wakes the writers once `QUIET_ROUNDS` scheduler rounds passed
-with no new publish (a frame on its way from a socket reaches the inbox within them), or once it
-fanned out `FAN_OUT_ROUND_EVENTS` (a publisher that never lets up cannot starve the writers, and
-a round fits in an outbox). An idle bus delivers at once: no timer.
+is one append: publishes gather while it commits, and once its writes are done, frames that
+reached the sockets during them join the publishes waiting (`_gather`), so that they do not wait
+out the next round behind an append that left without them. A memory log never makes the
+router wait, so the router ends a round itself: it wakes the writers once `QUIET_ROUNDS`
+scheduler rounds passed with no new publish (a frame on its way from a socket reaches the inbox
+within them), or once it fanned out `FAN_OUT_ROUND_EVENTS` (a publisher that never lets up
+cannot starve the writers, and a round fits in an outbox). An idle bus delivers at once: no
+timer.
 
 With a shared log (Redis, several nodes) the router fans out nothing it appended: a tail task
 reads the log's stream and hands the router each batch it read (`Deliver`), so every node
@@ -137,6 +140,7 @@ class _Run:
 MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
 FAN_OUT_ROUND_EVENTS = 256  # most events fanned out before writers are woken (< outbox_events)
 QUIET_ROUNDS = 2  # scheduler rounds with no new publish that end a fan-out round
+MAX_GATHER_ROUNDS = 16  # most scheduler rounds a waiting append lets publishes join it
 
 
 @attrs.define
@@ -216,7 +220,10 @@ class Router:
         """The next command (None once the inbox is closed), waking writers as the module says."""
         if self._log.append_waits:
             # publishes gather while each append waits (group commit): that is the round
-            self._wake_writers()
+            busy = self._write_round()
+            await self._gather(inbox)
+            for outbox in busy:
+                outbox.wake()
             with contextlib.suppress(trio.EndOfChannel):
                 return await inbox.receive()
             return None
@@ -244,11 +251,44 @@ class Router:
             return None
 
     def _wake_writers(self) -> None:
+        for outbox in self._write_round():
+            outbox.wake()
+
+    def _write_round(self) -> list[Outbox]:
+        """Flush every outbox offered events since the last round; returns those whose writer
+        must take them (the caller wakes them)."""
+        busy: list[Outbox] = []
         for targets in self._unwoken.values():
             for outbox in targets:
-                outbox.flush()
+                if not outbox.flush():
+                    busy.append(outbox)
         self._unwoken.clear()
         self._unwoken_events = 0
+        return busy
+
+    @staticmethod
+    async def _gather(inbox: trio.MemoryReceiveChannel[RouterCommand]) -> None:
+        """When publishes wait already (the next append follows at once), let the frames that
+        reached the sockets during the round's writes join them, rather than wait out a whole
+        round behind that append: scheduler rounds until `QUIET_ROUNDS` add nothing. Bounded
+        in rounds, and in publishes to `FAN_OUT_ROUND_EVENTS`: under saturation a round's
+        worth waits already, and a bigger append would overflow the outboxes.
+
+        The writers left to take over are woken only after, so that their slower writes run
+        while the append waits, not now into sockets the round has just filled."""
+        waiting = inbox.statistics().current_buffer_used
+        quiet = 0
+        for _ in range(MAX_GATHER_ROUNDS if 0 < waiting < FAN_OUT_ROUND_EVENTS else 0):
+            await trio.lowlevel.checkpoint()
+            now = inbox.statistics().current_buffer_used
+            if now >= FAN_OUT_ROUND_EVENTS:
+                return
+            if now != waiting:
+                waiting, quiet = now, 0
+            else:
+                quiet += 1
+                if quiet >= QUIET_ROUNDS:
+                    return
 
     async def _publish_batch(
         self, first: Publish, inbox: trio.MemoryReceiveChannel[RouterCommand]
