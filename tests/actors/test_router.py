@@ -15,7 +15,7 @@ from ipt_bus.core.model import Event
 from ipt_bus.storage.memory import MemoryLog
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 
 Actors = tuple[RouterHandle, StatsHandle, MemoryLog]
@@ -223,6 +223,49 @@ async def test_a_publish_on_its_way_during_a_round_joins_the_append_that_follows
             assert (await receive.receive())[0] == token
         assert appends == [1, 2]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_publish_arriving_during_a_round_reaches_the_rest_of_that_round(
+    nursery: trio.Nursery,
+) -> None:
+    """The router looks at its inbox every `ROUND_CHUNK` writes of a round: a publish that
+    arrived meanwhile goes out with the outboxes still to be written (one write for both
+    events), and to the ones written already in the next round, each event exactly once."""
+    from ipt_bus.bus.router import ROUND_CHUNK
+
+    stats = await start_stats(nursery, 100)
+    router = await start_router(nursery, MemoryLog(100), stats, inbox_size=16, max_subscriptions=3)
+    first_written = trio.Event()
+    writes: list[list[tuple[int, int]]] = [[] for _ in range(3 * ROUND_CHUNK)]
+
+    def writer_of(i: int) -> Callable[[list[bytes], float], bool]:
+        def direct(events: list[bytes], oldest: float) -> bool:
+            writes[i].append((len(events), orjson.loads(events[-1])["seq"]))
+            first_written.set()
+            return True
+
+        return direct
+
+    for i in range(3 * ROUND_CHUNK):
+        outbox = box()
+        outbox.direct = writer_of(i)
+        await router.attach(outbox, ["**"])
+        nursery.start_soon(_writer, outbox, [], [])
+    await trio.testing.wait_all_tasks_blocked()
+    send, receive = trio.open_memory_channel[Answer](8)
+
+    async def second() -> None:
+        await first_written.wait()  # runnable from the round's first write
+        await router.submit([ev("x", 1)], reply=send, timeout=5, token=1)
+
+    nursery.start_soon(second)
+    await router.submit([ev("x", 0)], reply=send, timeout=5, token=0)
+    for token in range(2):
+        assert (await receive.receive())[0] == token
+    await trio.testing.wait_all_tasks_blocked()
+    assert writes[-1] == [(2, 2)]  # both in the round under way
+    assert writes[0] == [(1, 1), (1, 2)]  # the second in the round after
+    assert all(sum(n for n, _ in w) == 2 and w[-1][1] == 2 for w in writes)
 
 
 async def test_a_key_repeated_in_one_batch_is_logged_once_and_answered_alike(

@@ -195,6 +195,8 @@ class Outbox:
         if self._waiter is None:
             return True  # busy: it takes them when it is done
         events = self._events
+        if not events and not self._missed:
+            return True  # nothing (written already, in this round, with later events)
         if events and self.direct is not None and not self._replies and not self._missed:
             try:
                 done = self.closed_code is None and self.direct(events, self._oldest)

@@ -20,7 +20,8 @@ router wait, so the router ends a round itself: it wakes the writers once `QUIET
 scheduler rounds passed with no new publish (a frame on its way from a socket reaches the inbox
 within them), or once it fanned out `FAN_OUT_ROUND_EVENTS` (a publisher that never lets up
 cannot starve the writers, and a round fits in an outbox). An idle bus delivers at once: no
-timer.
+timer. A light round (few events, many subscribers: the writes are the work) looks at the inbox
+every `ROUND_CHUNK` writes and fans out what arrived, so the rest of the round takes it too.
 
 With a shared log (Redis, several nodes) the router fans out nothing it appended: a tail task
 reads the log's stream and hands the router each batch it read (`Deliver`), so every node
@@ -140,6 +141,8 @@ class _Run:
 MAX_DRAIN_EVENTS = 10_000  # events taken into one log append
 FAN_OUT_ROUND_EVENTS = 256  # most events fanned out before writers are woken (< outbox_events)
 QUIET_ROUNDS = 2  # scheduler rounds with no new publish that end a fan-out round
+ROUND_CHUNK = 64  # writes of a light round between looks at the publishes that arrived since
+LIGHT_ROUND_EVENTS = 32  # a round with fewer events looks at the inbox during its writes
 MAX_GATHER_ROUNDS = 16  # most scheduler rounds a waiting append lets publishes join it
 
 
@@ -164,6 +167,7 @@ class Router:
     # the target tuples offered events since writers were last woken (by id), and how many events
     _unwoken: dict[int, tuple[Outbox, ...]] = attrs.field(factory=dict)
     _unwoken_events: int = 0
+    _held: RouterCommand | None = None  # taken from the inbox during a round, handled after it
     # a shared log: the newest seq fanned out here (attach points count from it, not from the
     # log's last seq, which may be ahead of what the tail read)
     _delivered: int | None = None
@@ -220,51 +224,91 @@ class Router:
         """The next command (None once the inbox is closed), waking writers as the module says."""
         if self._log.append_waits:
             # publishes gather while each append waits (group commit): that is the round
-            busy = self._write_round()
-            await self._gather(inbox)
-            for outbox in busy:
-                outbox.wake()
-            with contextlib.suppress(trio.EndOfChannel):
-                return await inbox.receive()
-            return None
+            while self._unwoken and self._held is None:
+                busy = await self._write_round(inbox)
+                await self._gather(inbox)
+                for outbox in busy:
+                    outbox.wake()
+            return await self._receive(inbox)
         quiet = 0  # scheduler rounds since the inbox last had something
         while True:
             if self._unwoken_events >= FAN_OUT_ROUND_EVENTS:
-                self._wake_writers()
+                await self._wake_writers(inbox)
+            if self._held is not None:
+                return await self._receive(inbox)
             try:
                 return inbox.receive_nowait()
             except trio.WouldBlock:
                 pass
             except trio.EndOfChannel:
-                self._wake_writers()
-                return None
+                await self._wake_writers(inbox)
+                return await self._receive(inbox)
             if not self._unwoken:
                 break
             if quiet >= QUIET_ROUNDS:
-                self._wake_writers()  # nothing on its way: deliver now
-                break
+                await self._wake_writers(inbox)  # nothing on its way: deliver now
+                quiet = 0
+                continue  # publishes fanned out during the round are still to be written
             quiet += 1
             await trio.lowlevel.checkpoint()  # let a publish on its way reach the inbox
+        return await self._receive(inbox)
+
+    async def _receive(
+        self, inbox: trio.MemoryReceiveChannel[RouterCommand]
+    ) -> RouterCommand | None:
+        """The command held back during a round, else the inbox's next (None once closed)."""
+        held, self._held = self._held, None
+        if held is not None:
+            return held
         try:
             return await inbox.receive()
         except trio.EndOfChannel:
             return None
 
-    def _wake_writers(self) -> None:
-        for outbox in self._write_round():
+    async def _wake_writers(self, inbox: trio.MemoryReceiveChannel[RouterCommand]) -> None:
+        for outbox in await self._write_round(inbox):
             outbox.wake()
 
-    def _write_round(self) -> list[Outbox]:
+    async def _write_round(self, inbox: trio.MemoryReceiveChannel[RouterCommand]) -> list[Outbox]:
         """Flush every outbox offered events since the last round; returns those whose writer
-        must take them (the caller wakes them)."""
+        must take them (the caller wakes them).
+
+        In a light round (fewer than `LIGHT_ROUND_EVENTS` events: many subscribers, few events
+        each, the writes are the work) others run every `ROUND_CHUNK` writes, and the
+        publishes that arrived meanwhile are fanned out, so the outboxes still to be written
+        in this round take them too, and the rest in the next: an event reaches every
+        subscriber within about one round, where it waited for the round under way to end
+        before. A heavy round is saturation, where the next round follows at once anyway, and
+        taking publishes during it filled outboxes past their bound (catch-ups from the log)."""
+        rounds = list(self._unwoken.values())
+        light = self._unwoken_events < LIGHT_ROUND_EVENTS
+        self._unwoken.clear()
+        self._unwoken_events = 0
         busy: list[Outbox] = []
-        for targets in self._unwoken.values():
+        writes = 0
+        for targets in rounds:
             for outbox in targets:
                 if not outbox.flush():
                     busy.append(outbox)
-        self._unwoken.clear()
-        self._unwoken_events = 0
+                writes += 1
+                if writes == ROUND_CHUNK and light:
+                    writes = 0
+                    await trio.lowlevel.checkpoint()
+                    await self._take_meanwhile(inbox)
         return busy
+
+    async def _take_meanwhile(self, inbox: trio.MemoryReceiveChannel[RouterCommand]) -> None:
+        """Fan out the publishes waiting, during a round; the first other command is held
+        back for after it (commands are handled in order)."""
+        while self._held is None and self._unwoken_events < LIGHT_ROUND_EVENTS:
+            try:
+                command = inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if isinstance(command, Publish):
+                self._held = await self._publish_batch(command, inbox)
+            else:
+                self._held = command
 
     @staticmethod
     async def _gather(inbox: trio.MemoryReceiveChannel[RouterCommand]) -> None:
