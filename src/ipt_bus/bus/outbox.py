@@ -197,7 +197,7 @@ class Outbox:
         events = self._events
         if not events and not self._missed:
             return True  # nothing (written already, in this round, with later events)
-        if events and self.direct is not None and not self._replies and not self._missed:
+        if self.direct is not None and not self._replies and not self._missed:  # so: events
             try:
                 done = self.closed_code is None and self.direct(events, self._oldest)
             except Exception:  # the writer meets the same trouble in its own task

@@ -315,8 +315,9 @@ class Router:
         """When publishes wait already (the next append follows at once), let the frames that
         reached the sockets during the round's writes join them, rather than wait out a whole
         round behind that append: scheduler rounds until `QUIET_ROUNDS` add nothing. Bounded
-        in rounds, and in publishes to `FAN_OUT_ROUND_EVENTS`: under saturation a round's
-        worth waits already, and a bigger append would overflow the outboxes.
+        in rounds, and in waiting commands to `FAN_OUT_ROUND_EVENTS` (commands, not events:
+        the channel shows no more): under saturation a round's worth waits already, and a
+        bigger append would overflow the outboxes.
 
         The writers left to take over are woken only after, so that their slower writes run
         while the append waits, not now into sockets the round has just filled."""
