@@ -14,6 +14,7 @@ import trio.lowlevel
 
 from ipt_bus.client import (
     BusUnavailable,
+    ClientError,
     Event,
     EventBusClient,
     EventBusPublisher,
@@ -339,6 +340,53 @@ async def test_history_lost_is_raised_or_reported() -> None:
             await client.close()
         assert [g.reason for g in gaps] == ["epoch", "retention"]
         assert seqs == list(range(21, 31))
+
+
+async def test_a_message_over_max_message_bytes_ends_the_session_with_a_clear_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reconnecting would fetch the same message again: the session stops and says what to
+    raise, instead of reconnecting for ever (what httpx-ws 0.10's own limit led to)."""
+    async with running_server() as server:
+        seqs: list[int] = []
+        client = EventBusClient(server.url, max_message_bytes=4_000)
+        client.add_event_handler("**", lambda ev: seqs.append(ev.seq or 0))
+
+        async def listen() -> None:
+            with pytest.raises(ClientError, match="max_message_bytes=4000: raise") as caught:
+                await client.listen_async()
+            raised.append(caught.value)
+
+        raised: list[ClientError] = []
+        with trio.fail_after(20):
+            async with (
+                trio.open_nursery() as nursery,
+                httpx.AsyncClient(base_url=server.url) as http,
+            ):
+                nursery.start_soon(listen)
+                await connections(server, 1)
+                assert (await http.post("/events", json=event("big.x"))).status_code == 201
+                await wait_for(lambda: seqs == [1])  # what fits comes through
+                big = event("big.x", text="x" * 5_000)
+                assert (await http.post("/events", json=big)).status_code == 201
+        await client.close()
+        assert len(raised) == 1
+        assert seqs == [1]
+        assert "a larger event from the bus will end the session" in caplog.text
+
+
+async def test_a_publish_over_the_bus_max_message_bytes_is_refused_before_it_is_sent() -> None:
+    """The bus would close the connection (1009) and the resent request would close the next
+    one: the client refuses it itself, naming the limit, and stays connected."""
+    async with running_server() as server, EventBusClient(server.url, retries=0) as client:
+        limit = server.bus.config.max_message_bytes
+        with trio.fail_after(10), pytest.raises(PublishRejected) as rejected:
+            await client.publish(Event(type="t", topic="a.b", payload={"x": "y" * limit}))
+        assert rejected.value.code == "too_large"
+        assert f"max_message_bytes ({limit})" in rejected.value.message
+        published = await client.publish(Event(type="t", topic="a.b"))
+        assert published.seq == 1
+        await connections(server, 1)
 
 
 async def test_a_bus_that_is_not_there_is_reported_not_waited_for() -> None:

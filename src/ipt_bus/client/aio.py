@@ -42,6 +42,7 @@ from ipt_bus.core.errors import (
     RETRYABLE,
     BusUnavailable,
     ClientError,
+    ErrorCode,
     HistoryLost,
     PublishRejected,
 )
@@ -69,6 +70,9 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
 log = logging.getLogger("ipt_bus.client")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # EventBusClient's default max_message_bytes
+TOO_BIG = 1009  # the WebSocket close code for a message over a size limit
 
 Self = TypeVar("Self", bound="EventBusClient")
 _DISCONNECTED = (
@@ -108,6 +112,10 @@ class EventBusClient:
         verify: for ``https://``/``wss://``: True (the system's CAs), a CA bundle's path, an
             `ssl.SSLContext`, or False.
         headers: sent with every request and the WebSocket handshake.
+        max_message_bytes: the largest WebSocket message taken from the bus (a batch of
+            events, or one large event); a larger one ends the session with `ClientError`,
+            as reconnecting would only fetch it again. The default is well above what a bus
+            with default limits sends (`max_event_bytes` plus its envelope).
     """
 
     def __init__(
@@ -124,8 +132,10 @@ class EventBusClient:
         token: _common.TokenSource = None,
         verify: _common.Verify = True,
         headers: Mapping[str, str] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.url = _common.bus_url(url)
+        self.max_message_bytes = max_message_bytes
         self.headers = dict(headers or {})
         self.token = _common.token_source(token)
         self._verify = verify
@@ -139,6 +149,7 @@ class EventBusClient:
         self._gap_handlers: list[Callable[[Gap], Any]] = []
         self._http: httpx.AsyncClient | None = None
         self._ws: Any = None
+        self._bus_max_message = 0  # the bus's max_message_bytes (welcome), 0 before one
         self._connected = anyio.Event()
         self._requests: dict[int, _Request] = {}
         self._queue_size = queue_size
@@ -269,7 +280,10 @@ class EventBusClient:
             try:
                 ws: AsyncWebSocketSession
                 async with aconnect_ws(
-                    self._ws_url(), self._client(), keepalive_ping_interval_seconds=None
+                    self._ws_url(),
+                    self._client(),
+                    keepalive_ping_interval_seconds=None,
+                    max_message_size_bytes=self.max_message_bytes,
                 ) as ws:
                     await self._welcome(ws)
                     self._ws = ws
@@ -289,6 +303,8 @@ class EventBusClient:
                 exc = _single(group)
                 if not isinstance(exc, _DISCONNECTED):
                     raise exc from None
+                if isinstance(exc, WebSocketDisconnect) and exc.code == TOO_BIG:
+                    raise self._too_big(exc) from None
                 wait = 0.0
                 if isinstance(exc, WebSocketUpgradeError):
                     response = exc.response
@@ -327,6 +343,16 @@ class EventBusClient:
                 return
             self._token_in_force = fresh
 
+    def _too_big(self, close: WebSocketDisconnect) -> ClientError:
+        """A message over a size limit, ours or the bus's: the next connection would meet it
+        again (a resume fetches the same events, a publish is resent), so stop and say which."""
+        if close.reason == "Message too big":  # httpx-ws closing on our max_message_bytes
+            return ClientError(
+                f"the bus sent a WebSocket message larger than max_message_bytes="
+                f"{self.max_message_bytes}: raise EventBusClient(max_message_bytes=...)"
+            )
+        return ClientError(f"the bus closed the connection: message too big ({close.reason})")
+
     def _ws_url(self) -> str:
         query = {"batch": "1"}
         if self.topics:
@@ -339,6 +365,14 @@ class EventBusClient:
         welcome = codec.decode_server_frame(first) if "action" in first else None
         if not isinstance(welcome, Welcome):
             raise HTTPXWSException(f"expected a welcome frame, got {first!r:.200}")
+        self._bus_max_message = welcome.limits.get("max_message_bytes", 0)
+        if self._bus_max_message > self.max_message_bytes:
+            log.warning(
+                "the bus takes messages of up to %d bytes but this client only %d "
+                "(max_message_bytes): a larger event from the bus will end the session",
+                self._bus_max_message,
+                self.max_message_bytes,
+            )
         self._conversation.welcomed(welcome)  # a first one goes live from here
 
     async def _on_message(self, message: str) -> None:
@@ -422,10 +456,21 @@ class EventBusClient:
         assert isinstance(answer, Acked), answer
         return answer.published[0]
 
+    def _check_size(self, text: str) -> None:
+        """Refuse here what the bus would refuse by closing the connection (1009), which the
+        session could only meet again on every reconnect (the request is resent)."""
+        limit = self._bus_max_message
+        if limit and len(text) * 4 > limit and (size := len(text.encode())) > limit:
+            raise PublishRejected(
+                ErrorCode.TOO_LARGE,
+                f"the message is {size} bytes, more than the bus's max_message_bytes ({limit})",
+            )
+
     async def _request(self, frame: ClientFrame) -> ServerFrame:
         if not self._running:
             raise RuntimeError("not connected: use `async with client:` or run listen_async()")
         frame, text = self._conversation.request(frame)
+        self._check_size(text)
         rid = frame.id
         assert isinstance(rid, int)
         request = _Request(frame, text)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.from_thread
 
-from ipt_bus.client.aio import EventBusClient
+from ipt_bus.client.aio import MAX_MESSAGE_BYTES, EventBusClient
 from ipt_bus.core.model import Event
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ def subscribe(
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
     retries: int = 3,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Subscription:
     """Events whose topics match `patterns` (none: every topic), as they are published:
 
@@ -62,6 +63,7 @@ def subscribe(
         headers=headers,
         timeout=timeout,
         retries=retries,
+        max_message_bytes=max_message_bytes,
     )
     if on_gap is not None:
         client.on_gap(on_gap)
