@@ -42,6 +42,7 @@ from ipt_bus.core.errors import (
     RETRYABLE,
     BusUnavailable,
     ClientError,
+    CloseCode,
     ErrorCode,
     HistoryLost,
     PublishRejected,
@@ -72,7 +73,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ipt_bus.client")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # EventBusClient's default max_message_bytes
-TOO_BIG = 1009  # the WebSocket close code for a message over a size limit
 
 Self = TypeVar("Self", bound="EventBusClient")
 _DISCONNECTED = (
@@ -303,7 +303,7 @@ class EventBusClient:
                 exc = _single(group)
                 if not isinstance(exc, _DISCONNECTED):
                     raise exc from None
-                if isinstance(exc, WebSocketDisconnect) and exc.code == TOO_BIG:
+                if isinstance(exc, WebSocketDisconnect) and exc.code == CloseCode.MESSAGE_TOO_BIG:
                     raise self._too_big(exc) from None
                 wait = 0.0
                 if isinstance(exc, WebSocketUpgradeError):
@@ -346,7 +346,7 @@ class EventBusClient:
     def _too_big(self, close: WebSocketDisconnect) -> ClientError:
         """A message over a size limit, ours or the bus's: the next connection would meet it
         again (a resume fetches the same events, a publish is resent), so stop and say which."""
-        if close.reason == "Message too big":  # httpx-ws closing on our max_message_bytes
+        if close.reason == "Message too big":  # httpx-ws's own close; the bus sends no reason
             return ClientError(
                 f"the bus sent a WebSocket message larger than max_message_bytes="
                 f"{self.max_message_bytes}: raise EventBusClient(max_message_bytes=...)"
@@ -365,12 +365,13 @@ class EventBusClient:
         welcome = codec.decode_server_frame(first) if "action" in first else None
         if not isinstance(welcome, Welcome):
             raise HTTPXWSException(f"expected a welcome frame, got {first!r:.200}")
-        self._bus_max_message = welcome.limits.get("max_message_bytes", 0)
-        if self._bus_max_message > self.max_message_bytes:
+        limit, before = welcome.limits.get("max_message_bytes", 0), self._bus_max_message
+        self._bus_max_message = limit
+        if limit > self.max_message_bytes and limit != before:  # once, not per reconnect
             log.warning(
                 "the bus takes messages of up to %d bytes but this client only %d "
                 "(max_message_bytes): a larger event from the bus will end the session",
-                self._bus_max_message,
+                limit,
                 self.max_message_bytes,
             )
         self._conversation.welcomed(welcome)  # a first one goes live from here
